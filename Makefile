@@ -1,0 +1,30 @@
+# Every target creates (or reuses) the virtual env in .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv train test test-all bench clean
+
+help:  ## Show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed  ## Create the virtual env and install the project (+ dev tools)
+
+train: venv  ## Train HAL with the defaults (digits, case1), or with ARGS="dataset=svhn case=case4"
+	$(PY) -m src.train $(ARGS)
+
+test: venv  ## Run the fast test suite (what CI runs)
+	$(PY) -m pytest -m "not slow" -q $(ARGS)
+
+test-all: venv  ## Run every test, the slow ones included
+	$(PY) -m pytest -q $(ARGS)
+
+clean:  ## Remove run outputs (keeps the virtual env)
+	rm -rf outputs/runs outputs/sweeps lightning_logs

@@ -1,0 +1,4 @@
+from src.models.auxiliary import AuxiliaryBlock
+from src.models.resnet import PreActResNet
+
+__all__ = ["AuxiliaryBlock", "PreActResNet"]

@@ -1,0 +1,91 @@
+"""Entry point: ``python -m src.train dataset=digits case=case1`` (Hydra overrides)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.data.superclasses import resolve_case
+from src.errors import UserError
+from src.module import HALModule
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Atomic write: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Fit on train (+val), test once with the final weights, write ``run_dir/metrics.json``."""
+    start = time.time()
+    if cfg.seed is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate({k: v for k, v in cfg.dataset.items() if k not in ("name", "depth")})
+    datamodule.superclasses = table = resolve_case(cfg.case, cfg.dataset.name, datamodule.class_names)
+    num_superclasses = max(table) + 1 if table is not None else 0
+    record = {"dataset": cfg.dataset.name, "case": cfg.case.name, "depth": cfg.model.depth, "seed": cfg.seed,
+              "superclasses": table, "epochs": cfg.trainer.max_epochs, "status": "running",
+              "git_commit": git_commit()}
+    write_json(run_dir / "metrics.json", record)
+
+    datamodule.setup()
+    channels, _, _ = datamodule.image_shape
+    net = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=channels,
+                      num_superclasses=num_superclasses or None)
+    module = HALModule(net, instantiate(cfg.optimizer), num_classes=datamodule.num_classes,
+                       num_superclasses=num_superclasses, lr_min=cfg.lr_min, channels_last=cfg.channels_last)
+    logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = pl.Trainer(**cfg.trainer, logger=logger, default_root_dir=str(run_dir))
+    trainer.fit(module, datamodule=datamodule)
+    val = trainer.callback_metrics
+    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+
+    record.update(
+        test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
+        val_error=float(val["val/error"]) if "val/error" in val else None,
+        duration_s=round(time.time() - start, 2), status="finished")
+    write_json(run_dir / "metrics.json", record)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return train(cfg, run_dir)
+    except UserError as e:
+        record_failure(run_dir, e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except BaseException as e:
+        record_failure(run_dir, e)
+        raise
+
+
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    path = run_dir / "metrics.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.update(status="failed", error=f"{type(error).__name__}: {error}")
+    write_json(path, record)
+
+
+if __name__ == "__main__":
+    main()
