@@ -87,5 +87,15 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
     write_json(path, record)
 
 
+def quote_depth(arg: str) -> str:
+    """``depth=28`` -> ``depth='28'``: Hydra parses a bare number as an int, which it rejects as a
+    config group choice ("Config group override must be a string"). Sweeps too: depth=10,28."""
+    key, sep, value = arg.partition("=")
+    if key.lstrip("~+") != "depth" or not sep or not all(v.strip().isdigit() for v in value.split(",")):
+        return arg
+    return key + "=" + ",".join(f"'{v.strip()}'" for v in value.split(","))
+
+
 if __name__ == "__main__":
+    sys.argv = [quote_depth(a) for a in sys.argv]
     main()

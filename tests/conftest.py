@@ -1,0 +1,37 @@
+"""Shared fixtures: compose the real configs the way `python -m src.train` does."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Small and fast: a few epochs on digits without progress bars or checkpoints.
+FAST = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_checkpointing=false",
+        "trainer.accelerator=cpu"]
+
+
+def compose_cfg(overrides: list[str] = ()) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_factory():
+    return lambda *overrides: compose_cfg([*FAST, *overrides])
+
+
+@pytest.fixture
+def run_train(tmp_path):
+    """train(cfg) in a fresh run dir; returns the metrics record."""
+    from src.train import train
+
+    def run(*overrides: str, run_dir: Path = None) -> dict:
+        cfg = compose_cfg([*FAST, *overrides])
+        out = run_dir or tmp_path / "run"
+        out.mkdir(parents=True, exist_ok=True)
+        return train(cfg, out)
+
+    return run

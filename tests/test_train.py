@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import CONF, compose_cfg
+
+DATASETS = sorted(p.stem for p in Path(CONF, "dataset").glob("*.yaml"))
+CASES = ["baseline", "case1", "case2", "case3", "case4"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("depth", [None, 10, 28])
+def test_every_dataset_case_depth_composes(dataset, case, depth):
+    overrides = [f"dataset={dataset}", f"case={case}"] + ([f"depth='{depth}'"] if depth else [])
+    cfg = compose_cfg(overrides)
+    assert cfg.case.name == case and cfg.dataset.name
+    assert cfg.model.depth == (depth or cfg.dataset.depth)
+    net = instantiate(cfg.model, num_classes=10, in_channels=3, num_superclasses=None if case == "baseline" else 2)
+    assert net.depth == cfg.model.depth and (net.auxiliary is None) == (case == "baseline")
+
+
+def test_fast_dev_run(run_train):
+    record = run_train("trainer.fast_dev_run=true")
+    assert record["status"] == "finished"
+    assert 0 <= record["test_error"] <= 100
+
+
+@pytest.mark.parametrize("case", ["baseline", "case4"])
+def test_metrics_json_is_written_with_values_in_range(run_train, tmp_path, case):
+    record = run_train(f"case={case}", "trainer.max_epochs=2")
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk == record
+    assert on_disk["status"] == "finished"
+    assert (on_disk["dataset"], on_disk["case"], on_disk["depth"], on_disk["seed"], on_disk["epochs"]) == \
+        ("digits", case, 10, 0, 2)
+    if case == "baseline":
+        assert on_disk["superclasses"] is None
+    else:
+        assert on_disk["superclasses"] == [0, 2, 1, 1, 2, 1, 0, 2, 0, 0]
+    for key in ("test_error", "val_error"):
+        assert 0 <= on_disk[key] <= 100
+    assert on_disk["test_acc"] == pytest.approx(100 - on_disk["test_error"])
+    assert on_disk["test_loss"] > 0 and on_disk["duration_s"] > 0
+    assert len(on_disk["git_commit"]) in (7, 40) or on_disk["git_commit"] == "unknown"
+    assert not (tmp_path / "run" / "metrics.json.tmp").exists()
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_same_seed_gives_equal_metrics(run_train, tmp_path):
+    a = run_train("trainer.max_epochs=2", run_dir=tmp_path / "a")
+    b = run_train("trainer.max_epochs=2", run_dir=tmp_path / "b")
+    c = run_train("trainer.max_epochs=2", "seed=1", run_dir=tmp_path / "c")
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("duration_s", "seed")}
+    assert drop(a) == drop(b)
+    assert drop(a) != drop(c)
+
+
+def test_diverging_loss_stops_with_a_clear_error(tmp_path):
+    run_dir = tmp_path / "div"
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.train", "optimizer.lr=1e6", "trainer.gradient_clip_val=null",
+         "trainer.max_epochs=3", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: training loss became non-finite")
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "failed" and "test_error" not in record
+
+
+def test_unknown_option_fails_without_writing_a_result(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "src.train", "case=case9", f"hydra.run.dir={tmp_path / 'x'}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "case9" in proc.stderr
+    assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("depth=28", "depth='28'"), ("depth=10,28", "depth='10','28'"), ("+depth=28", "+depth='28'"),
+    ("depth='28'", "depth='28'"), ("dataset.depth=28", "dataset.depth=28"), ("seed=3", "seed=3"),
+])
+def test_depth_override_is_quoted_for_hydra(arg, expected):
+    from src.train import quote_depth
+
+    assert quote_depth(arg) == expected
+
+
+def test_depth_override_on_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "src.train", "depth=16", "trainer.fast_dev_run=true",
+                           "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["depth"] == 16
