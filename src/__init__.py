@@ -1,1 +1,14 @@
 """Hierarchical Auxiliary Learning (Cha et al., 2019) on PyTorch Lightning + Hydra."""
+from omegaconf import OmegaConf
+
+
+def _on_cuda(accelerator: str) -> bool:
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+# `${if_cuda:${trainer.accelerator},A,B}` in configs: A when the run trains on a CUDA GPU, else B.
+# Lets one config default to bf16 on GPUs and fp32 on CPUs.
+OmegaConf.register_new_resolver("if_cuda", lambda accelerator, a, b: a if _on_cuda(accelerator) else b,
+                                replace=True)

@@ -50,7 +50,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     net = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=channels,
                       num_superclasses=num_superclasses or None)
     module = HALModule(net, instantiate(cfg.optimizer), num_classes=datamodule.num_classes,
-                       num_superclasses=num_superclasses, lr_min=cfg.lr_min, channels_last=cfg.channels_last)
+                       num_superclasses=num_superclasses, lr_min=cfg.lr_min, channels_last=cfg.channels_last,
+                       compile=cfg.compile)
     logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = pl.Trainer(**cfg.trainer, logger=logger, default_root_dir=str(run_dir))
