@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -32,8 +33,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Fit on train (+val), test once with the final weights, write ``run_dir/metrics.json``."""
+def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> dict:
+    """Fit on train (+val), test once with the final weights, write ``run_dir/metrics.json``.
+
+    ``callbacks`` are added to the Trainer's (benchmarks and tests use it to observe a run)."""
     start = time.time()
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -54,7 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                        compile=cfg.compile)
     logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(**cfg.trainer, logger=logger, default_root_dir=str(run_dir))
+    trainer = pl.Trainer(**cfg.trainer, logger=logger, default_root_dir=str(run_dir), callbacks=list(callbacks))
     trainer.fit(module, datamodule=datamodule)
     val = trainer.callback_metrics
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
