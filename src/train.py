@@ -40,7 +40,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     start = time.time()
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate({k: v for k, v in cfg.dataset.items() if k not in ("name", "depth")})
+    # dataset.superclass_file is read by case=custom (conf/case/custom.yaml), not by the datamodule.
+    datamodule = instantiate({k: v for k, v in cfg.dataset.items() if k not in ("name", "depth", "superclass_file")})
     datamodule.superclasses = table = resolve_case(cfg.case, cfg.dataset.name, datamodule.class_names)
     num_superclasses = max(table) + 1 if table is not None else 0
     record = {"dataset": cfg.dataset.name, "case": cfg.case.name, "depth": cfg.model.depth, "seed": cfg.seed,

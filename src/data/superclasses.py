@@ -1,0 +1,132 @@
+"""Superclass tables: class index -> superclass index (paper, Table 1).
+
+A table is a list ``t`` with ``t[class] = superclass``. Every class is in exactly one superclass and
+superclass indices are 0..s-1 with none empty; ``validate_table`` enforces this.
+"""
+from collections.abc import Mapping, Sequence
+from typing import Optional, Union
+
+from src.errors import UserError
+
+# Table 1 written as superclass -> classes, the way the paper prints it.
+_DIGIT_CASES = {
+    "case1": [[5, 6, 7, 8, 9], [0, 1, 2, 3, 4]],  # >= 5
+    "case2": [[1, 3, 5, 7, 9], [0, 2, 4, 6, 8]],  # mod 2
+    "case3": [[2, 3, 5, 7], [0, 1, 4, 6, 8, 9]],  # prime
+    "case4": [[0, 6, 8, 9], [2, 3, 5], [1, 4, 7]],  # circle / curve / straight line
+}
+_CIFAR10_CASES = {
+    "case1": _DIGIT_CASES["case1"],  # non-semantic, by label index
+    "case2": _DIGIT_CASES["case2"],  # non-semantic, by label index
+    "case3": [[2, 3, 4, 5, 6, 7], [0, 1, 8, 9]],  # animal / transportation
+    "case4": [[1, 9], [3, 5], [4, 7], [0, 8], [2, 6]],  # car / small animal / big animal / craft / others
+}
+PAPER_CASES = {"digits": _DIGIT_CASES, "mnist": _DIGIT_CASES, "svhn": _DIGIT_CASES, "cifar10": _CIFAR10_CASES}
+CASES = ("case1", "case2", "case3", "case4")
+
+
+class SuperclassError(UserError, ValueError):
+    """A superclass mapping is malformed (message is one line, fit for the user)."""
+
+
+def groups_to_table(groups: Sequence[Sequence[int]], num_classes: int) -> list[int]:
+    """[[classes of superclass 0], [classes of superclass 1], ...] -> validated table."""
+    table: list[Optional[int]] = [None] * num_classes
+    for s, members in enumerate(groups):
+        if len(members) == 0:
+            raise SuperclassError(f"superclass {s} is empty")
+        for c in members:
+            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_classes:
+                raise SuperclassError(f"superclass {s} lists class {c!r}, not a class index in 0..{num_classes - 1}")
+            if table[c] is not None:
+                raise SuperclassError(f"class {c} is in superclass {table[c]} and superclass {s}; it must be in exactly one")
+            table[c] = s
+    missing = [c for c, s in enumerate(table) if s is None]
+    if missing:
+        raise SuperclassError(f"classes {missing} are in no superclass; every class must be in exactly one")
+    return validate_table(table, num_classes)
+
+
+def validate_table(table: Sequence[int], num_classes: int) -> list[int]:
+    """Check a class -> superclass table; return it as a list of ints."""
+    table = list(table)
+    if len(table) != num_classes:
+        raise SuperclassError(f"superclass table has {len(table)} entries for {num_classes} classes")
+    for c, s in enumerate(table):
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise SuperclassError(f"class {c} maps to {s!r}; superclass indices must be non-negative integers")
+    used = set(table)
+    if used != set(range(len(used))):
+        missing = sorted(set(range(max(used) + 1)) - used)
+        raise SuperclassError(f"superclass indices must be 0..s-1 with none empty; superclasses {missing} have no class")
+    return table
+
+
+def superclass_table(dataset: str, case: str) -> list[int]:
+    """The paper's Table 1 mapping for ``dataset`` (digits, mnist, svhn, cifar10) and ``case`` (case1..4)."""
+    if dataset not in PAPER_CASES:
+        raise SuperclassError(
+            f"no paper superclasses for dataset '{dataset}' (have {sorted(PAPER_CASES)}); use case=custom")
+    if case not in PAPER_CASES[dataset]:
+        raise SuperclassError(f"unknown case '{case}' for {dataset}; choose one of {list(CASES)} or custom")
+    return groups_to_table(PAPER_CASES[dataset][case], 10)
+
+
+def custom_table(
+    mapping: Union[Mapping[str, Sequence[Union[str, int]]], Sequence[Sequence[Union[str, int]]]],
+    class_names: Sequence[str],
+) -> tuple[list[int], list[str]]:
+    """A user mapping -> (table, superclass names).
+
+    ``mapping`` is either {superclass name: [class names or indices]} or a list of such lists.
+    """
+    if isinstance(mapping, Mapping):
+        names, groups = [str(k) for k in mapping], list(mapping.values())
+    elif isinstance(mapping, Sequence) and not isinstance(mapping, str):
+        names, groups = [str(i) for i in range(len(mapping))], list(mapping)
+    else:
+        raise SuperclassError(f"a superclass mapping must be a dict or a list of lists, got {type(mapping).__name__}")
+    if not groups:
+        raise SuperclassError("the superclass mapping is empty")
+    index = {name: i for i, name in enumerate(class_names)}
+    resolved = []
+    for name, members in zip(names, groups):
+        if isinstance(members, (str, int)) or not isinstance(members, Sequence):
+            raise SuperclassError(f"superclass '{name}' must list classes, got {members!r}")
+        ids = []
+        for m in members:
+            if isinstance(m, str):
+                if m not in index:
+                    raise SuperclassError(f"superclass '{name}' lists unknown class '{m}'; classes are {list(class_names)}")
+                ids.append(index[m])
+            else:
+                ids.append(m)
+        resolved.append(ids)
+    try:
+        return groups_to_table(resolved, len(class_names)), names
+    except SuperclassError as e:
+        # Say it with names where we can.
+        raise SuperclassError(f"{e} (classes: {list(class_names)}; superclasses: {names})") from None
+
+
+def resolve_case(case: Mapping, dataset: str, class_names: Sequence[str]) -> Optional[list[int]]:
+    """The table for a ``case`` config (baseline -> None, case1..4 -> Table 1, custom -> user mapping)."""
+    name = case["name"]
+    if name == "baseline":
+        return None
+    if name != "custom":
+        return superclass_table(dataset, name)
+    mapping, path = case.get("mapping"), case.get("file")
+    if (mapping is None) == (path is None):
+        raise SuperclassError("case=custom needs exactly one of case.mapping=... or case.file=PATH")
+    if path is not None:
+        import yaml
+
+        try:
+            with open(path) as f:
+                mapping = yaml.safe_load(f)
+        except OSError as e:
+            raise SuperclassError(f"cannot read superclass file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise SuperclassError(f"superclass file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return custom_table(mapping, class_names)[0]
