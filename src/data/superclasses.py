@@ -66,7 +66,8 @@ def superclass_table(dataset: str, case: str) -> list[int]:
     """The paper's Table 1 mapping for ``dataset`` (digits, mnist, svhn, cifar10) and ``case`` (case1..4)."""
     if dataset not in PAPER_CASES:
         raise SuperclassError(
-            f"no paper superclasses for dataset '{dataset}' (have {sorted(PAPER_CASES)}); use case=custom")
+            f"no paper superclasses for dataset '{dataset}' (have {sorted(PAPER_CASES)}); use case=custom "
+            f"with dataset.superclass_file=PATH, case.file=PATH or case.mapping=...")
     if case not in PAPER_CASES[dataset]:
         raise SuperclassError(f"unknown case '{case}' for {dataset}; choose one of {list(CASES)} or custom")
     return groups_to_table(PAPER_CASES[dataset][case], 10)
@@ -78,7 +79,8 @@ def custom_table(
 ) -> tuple[list[int], list[str]]:
     """A user mapping -> (table, superclass names).
 
-    ``mapping`` is either {superclass name: [class names or indices]} or a list of such lists.
+    ``mapping`` is either {superclass name: [class names or indices]} or a list of such lists. Errors
+    name the classes: one listed twice, one in no superclass, a name that is not a class.
     """
     if isinstance(mapping, Mapping):
         names, groups = [str(k) for k in mapping], list(mapping.values())
@@ -89,24 +91,34 @@ def custom_table(
     if not groups:
         raise SuperclassError("the superclass mapping is empty")
     index = {name: i for i, name in enumerate(class_names)}
+    n = len(class_names)
+    owner: dict[int, str] = {}  # class index -> the superclass that lists it
     resolved = []
     for name, members in zip(names, groups):
         if isinstance(members, (str, int)) or not isinstance(members, Sequence):
             raise SuperclassError(f"superclass '{name}' must list classes, got {members!r}")
+        if len(members) == 0:
+            raise SuperclassError(f"superclass '{name}' is empty")
         ids = []
         for m in members:
-            if isinstance(m, str):
-                if m not in index:
-                    raise SuperclassError(f"superclass '{name}' lists unknown class '{m}'; classes are {list(class_names)}")
-                ids.append(index[m])
+            # YAML reads a folder named 7 as the int 7: an int that is a class name means that class.
+            if isinstance(m, (str, int)) and not isinstance(m, bool) and str(m) in index:
+                c = index[str(m)]
+            elif isinstance(m, int) and not isinstance(m, bool) and 0 <= m < n:
+                c = m
             else:
-                ids.append(m)
+                raise SuperclassError(f"superclass '{name}' lists unknown class {m!r}; the classes are "
+                                      f"{list(class_names)} (or their indices 0..{n - 1})")
+            if c in owner:
+                raise SuperclassError(f"class '{class_names[c]}' is in superclass '{owner[c]}' and superclass "
+                                      f"'{name}'; it must be in exactly one")
+            owner[c] = name
+            ids.append(c)
         resolved.append(ids)
-    try:
-        return groups_to_table(resolved, len(class_names)), names
-    except SuperclassError as e:
-        # Say it with names where we can.
-        raise SuperclassError(f"{e} (classes: {list(class_names)}; superclasses: {names})") from None
+    missing = [class_names[c] for c in range(n) if c not in owner]
+    if missing:
+        raise SuperclassError(f"classes {missing} are in no superclass; every class must be in exactly one")
+    return groups_to_table(resolved, n), names
 
 
 def resolve_case(case: Mapping, dataset: str, class_names: Sequence[str]) -> Optional[list[int]]:
@@ -118,7 +130,8 @@ def resolve_case(case: Mapping, dataset: str, class_names: Sequence[str]) -> Opt
         return superclass_table(dataset, name)
     mapping, path = case.get("mapping"), case.get("file")
     if (mapping is None) == (path is None):
-        raise SuperclassError("case=custom needs exactly one of case.mapping=... or case.file=PATH")
+        raise SuperclassError("case=custom needs exactly one of case.mapping=... or case.file=PATH "
+                              "(case.file defaults to dataset.superclass_file)")
     if path is not None:
         import yaml
 
