@@ -11,6 +11,11 @@ import pytorch_lightning as pl
 import torch
 
 from src.data.pipeline import TensorLoader, augment, channel_stats, normalize
+from src.errors import UserError
+
+
+class DataConfigError(UserError, ValueError):
+    """A dataset option is out of range (message is one line, fit for the user)."""
 
 
 class InMemoryDataModule(pl.LightningDataModule):
@@ -33,9 +38,9 @@ class InMemoryDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if isinstance(val_size, float) and not 0 <= val_size < 1:
-            raise ValueError(f"dataset.val_size as a fraction must be in [0, 1), got {val_size}")
+            raise DataConfigError(f"dataset.val_size as a fraction must be in [0, 1), got {val_size}")
         if (mean is None) != (std is None):
-            raise ValueError("dataset.mean and dataset.std must both be given or both be null")
+            raise DataConfigError("dataset.mean and dataset.std must both be given or both be null")
         self.data_dir, self.download = data_dir, download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed = val_size, split_seed
@@ -69,7 +74,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         train_x, train_y = data["train"]
         n_val = round(self.val_size * len(train_x)) if isinstance(self.val_size, float) else int(self.val_size)
         if not 0 <= n_val < len(train_x):
-            raise ValueError(f"dataset.val_size={self.val_size} leaves no training data ({len(train_x)} samples)")
+            raise DataConfigError(f"dataset.val_size={self.val_size} leaves no training data ({len(train_x)} samples)")
         # Independent of the run seed: every seed of a sweep sees the same validation images.
         perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.split_seed))
         parts = {"train": (train_x[perm[n_val:]], train_y[perm[n_val:]]),

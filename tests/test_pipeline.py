@@ -1,0 +1,109 @@
+"""The in-memory batch pipeline: TensorLoader, pad + random crop, random flip, normalisation."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.data.pipeline import TensorLoader, augment, channel_stats, normalize, random_crop, random_flip
+
+
+def known_images(b: int = 64, c: int = 3, h: int = 8, w: int = 10) -> torch.Tensor:
+    """uint8 images whose pixels are all different and non-zero, so a crop offset is identifiable."""
+    return (torch.arange(b * c * h * w) % 251 + 1).to(torch.uint8).view(b, c, h, w)
+
+
+def crop_offset(out: torch.Tensor, image: torch.Tensor, pad: int):
+    """The (dy, dx) in [-pad, pad]² at which ``out`` is the zero-padded ``image`` cropped, or None."""
+    padded = F.pad(image, (pad, pad, pad, pad))
+    h, w = image.shape[1:]
+    for oy in range(2 * pad + 1):
+        for ox in range(2 * pad + 1):
+            if torch.equal(padded[:, oy:oy + h, ox:ox + w], out):
+                return oy - pad, ox - pad
+    return None
+
+
+def test_tensor_loader_batches_cover_every_sample_once_and_stay_aligned():
+    x = torch.arange(10)
+    loader = TensorLoader((x, x * 10, x * 100), batch_size=4, shuffle=True)
+    assert len(loader) == 3
+    torch.manual_seed(0)
+    batches = list(loader)
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    seen = torch.cat([b[0] for b in batches])
+    assert sorted(seen.tolist()) == list(range(10)) and seen.tolist() != list(range(10))
+    for a, b, c in batches:
+        assert torch.equal(b, a * 10) and torch.equal(c, a * 100)
+    assert torch.cat([b[0] for b in loader]).tolist() != seen.tolist()  # a new order every epoch
+    assert len(TensorLoader((x,), 4, drop_last=True)) == 2
+    assert [b[0].tolist() for b in TensorLoader((x,), 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert list(TensorLoader((x[:0],), 4)) == []
+
+
+def test_tensor_loader_rejects_misaligned_tensors():
+    with pytest.raises(ValueError, match="same length"):
+        TensorLoader((torch.zeros(3), torch.zeros(4)), 2)
+
+
+def test_augment_keeps_shape_and_dtype():
+    images = known_images()
+    for pad, flip in [(4, True), (1, False), (0, True)]:
+        out = augment(images, pad, flip)
+        assert out.shape == images.shape and out.dtype == torch.uint8
+
+
+def test_crop_is_a_zero_padded_crop_at_an_offset_within_pad():
+    images, pad = known_images(), 3
+    torch.manual_seed(0)
+    out = random_crop(images, pad)
+    offsets = [crop_offset(o, i, pad) for o, i in zip(out, images)]
+    assert None not in offsets  # every output is the padded input cropped at some |dy|, |dx| <= pad
+    assert len(set(offsets)) > 10  # offsets vary across the batch
+    assert any(dy != 0 or dx != 0 for dy, dx in offsets)
+    # A crop shifted down by dy brings dy rows of zero padding in at the bottom.
+    i = next(i for i, (dy, _) in enumerate(offsets) if dy > 0)
+    assert (out[i, :, -offsets[i][0]:, :] == 0).all() and (images[i] > 0).all()
+    torch.manual_seed(0)
+    assert torch.equal(random_crop(images, pad), out)  # same seed, same crops
+    assert torch.equal(random_crop(images, 0), images)
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    images = known_images(b=2000, c=1, h=2, w=3)
+    torch.manual_seed(0)
+    out = random_flip(images)
+    flipped = (out == images.flip(-1)).flatten(1).all(1)
+    kept = (out == images).flatten(1).all(1)
+    assert (flipped ^ kept).all()  # each image is either itself or its mirror, never both (w > 1)
+    assert 0.45 < flipped.float().mean() < 0.55
+
+
+def test_augment_without_flip_only_crops():
+    images, pad = known_images(b=200), 2
+    torch.manual_seed(1)
+    out = augment(images, pad, flip=False)
+    assert all(crop_offset(o, i, pad) is not None for o, i in zip(out, images))
+    torch.manual_seed(1)
+    out = augment(images, pad, flip=True)
+    mirrored = [crop_offset(o.flip(-1), i, pad) is not None and crop_offset(o, i, pad) is None
+                for o, i in zip(out, images)]
+    assert 0.3 < sum(mirrored) / len(mirrored) < 0.7
+
+
+def test_normalize_standardises_per_channel():
+    images = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 2, 1, 2)
+    mean, std = torch.tensor([0.5, 0.0]), torch.tensor([0.5, 0.25])
+    out = normalize(images, mean, std)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([[[[-1.0, 1.0]], [[0.0, 4.0]]]]))
+
+
+def test_channel_stats_match_torch_and_stay_finite_on_a_constant_channel():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (300, 3, 5, 5), dtype=torch.uint8)
+    images[:, 2] = 7
+    mean, std = channel_stats(images, chunk=64)  # several chunks
+    x = images.double() / 255
+    torch.testing.assert_close(mean, x.mean((0, 2, 3)).float())
+    torch.testing.assert_close(std[:2], x[:, :2].std((0, 2, 3), unbiased=False).float())
+    assert std[2] == pytest.approx(1 / 255)
+    assert torch.isfinite(normalize(images, mean, std)).all()
