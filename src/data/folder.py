@@ -5,6 +5,7 @@ read (the superclass mapping is resolved against them). Images are decoded once 
 ``torchvision.io``, converted to RGB, resized to ``image_size`` × ``image_size`` and kept as one
 uint8 tensor per split, like the built-in datasets.
 """
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -25,8 +26,10 @@ class FolderDatasetError(UserError):
 class FolderDataModule(InMemoryDataModule):
     name = "folder"
 
-    def __init__(self, root: Optional[str] = None, image_size: Optional[int] = 32, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, root: Optional[str] = None, image_size: Optional[int] = 32,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, **kwargs) -> None:
+        # mean/std None: measured on the training split, as there are no published statistics.
+        super().__init__(mean=mean, std=std, **kwargs)
         if root is None:
             raise FolderDatasetError("dataset=folder needs dataset.root=PATH, a folder with train/<class>/ and "
                                      "test/<class>/ image folders")
