@@ -26,5 +26,11 @@ test: venv  ## Run the fast test suite (what CI runs)
 test-all: venv  ## Run every test, the slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
+bench: venv  ## Run the benchmarks (parity, data pipeline, default run, memory); prints JSON
+	$(PY) -m bench.parity $(ARGS)
+	$(PY) -m bench.data
+	$(PY) -m bench.default_run
+	$(PY) -m bench.memory
+
 clean:  ## Remove run outputs (keeps the virtual env)
 	rm -rf outputs/runs outputs/sweeps lightning_logs

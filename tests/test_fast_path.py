@@ -1,0 +1,41 @@
+"""The GPU/speed options, checked on the CPU (the GPU itself is measured by bench/, not by tests)."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg
+from src.models import PreActResNet
+from src.module import HALModule
+
+
+@pytest.mark.parametrize("accelerator, cuda, expected", [
+    ("cpu", True, "32-true"), ("gpu", False, "bf16-mixed"), ("cuda", False, "bf16-mixed"),
+    ("auto", True, "bf16-mixed"), ("auto", False, "32-true"),
+])
+def test_precision_defaults_to_bf16_on_cuda_only(monkeypatch, accelerator, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = compose_cfg([f"trainer.accelerator={accelerator}"])
+    assert cfg.trainer.precision == expected
+    assert compose_cfg([f"trainer.accelerator={accelerator}", "trainer.precision=16-mixed"]).trainer.precision == \
+        "16-mixed"
+
+
+def test_speed_defaults():
+    cfg = compose_cfg()
+    assert cfg.channels_last is True and cfg.compile is False and cfg.trainer.benchmark is True
+    assert "num_workers" not in OmegaConf.to_container(cfg.dataset)  # tensors in memory: no DataLoader workers
+
+
+def test_channels_last_module():
+    net = PreActResNet(10, num_classes=10, in_channels=3, num_superclasses=2)
+    module = HALModule(net, lambda params: torch.optim.SGD(params, lr=0.1), num_classes=10, num_superclasses=2,
+                       channels_last=True)
+    assert module.net.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not module.net.conv.weight.is_contiguous()
+
+
+@pytest.mark.slow
+def test_compiled_run_trains(run_train):
+    record = run_train("compile=true", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
+                       "+trainer.limit_test_batches=1")
+    assert record["status"] == "finished" and 0 <= record["test_error"] <= 100
