@@ -1,10 +1,11 @@
 """The one LightningModule: cross-entropy, SGD + cosine annealing (paper section 4), per-epoch logging.
 
 The superclass x* is the one-hot of the batch's superclass index. At test time the true superclass is
-fed (the paper's "oracle" protocol), which gives ``test_error``.
+fed (the paper's "oracle" protocol), which gives ``test_error``; the test hooks also run the
+"inferred" and "shuffled" protocols and the hierarchy metrics of ``src.evaluation``.
 """
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -12,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from src.errors import DivergenceError
+from src.evaluation import PROTOCOLS, SoftConfusion, confusion_figure, evaluation_record, protocol_scores
 
 STAGES = ("train", "val", "test")
 
@@ -34,6 +36,11 @@ class HALModule(pl.LightningModule):
         lr_min: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
+        hierarchy: Optional[Sequence[int]] = None,
+        class_names: Sequence[str] = (),
+        inferred_rule: str = "softmax",
+        metrics_protocol: str = "inferred",
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
@@ -49,6 +56,16 @@ class HALModule(pl.LightningModule):
         s = max(num_superclasses, 1)
         self.register_buffer("aux_stats", torch.zeros(len(STAGES), 3, s), persistent=False)
         self.register_buffer("z_inside", torch.zeros(len(STAGES), 2), persistent=False)
+        # Test protocols and hierarchy metrics (README, "Beyond the paper"). ``val_protocols`` is off
+        # while fitting; train() turns it on for one validation pass that feeds superclass discovery.
+        self.confusion = nn.ModuleDict({f"test_{p}": MulticlassConfusionMatrix(num_classes, validate_args=False)
+                                        for p in PROTOCOLS})
+        self.confusion["val_inferred"] = MulticlassConfusionMatrix(num_classes, validate_args=False)
+        self.val_soft_confusion = SoftConfusion(num_classes)
+        self.val_protocols = False
+        self.val_evaluation: dict = {}
+        self.test_evaluation: dict = {}
+        self.confusion_figure = None
 
     @property
     def has_auxiliary(self) -> bool:
@@ -112,9 +129,54 @@ class HALModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
+        if self.val_protocols:
+            self._update_protocols(batch, batch_idx, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
+        self._update_protocols(batch, batch_idx, "test")
+
+    def _update_protocols(self, batch, batch_idx: int, stage: str) -> None:
+        images, superclass, label = batch
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # Seeded per batch: the wrong superclasses do not depend on the run seed or the device.
+        generator = torch.Generator().manual_seed(self.hparams.shuffle_seed * 1_000_003 + batch_idx)
+        scores = protocol_scores(self.net, self.forward_features(images), superclass, self.hparams.hierarchy,
+                                 self.hparams.inferred_rule, generator if stage == "test" else None)
+        if stage == "val":
+            # Validation feeds discovery, so it never uses the true superclass of an image (inferred).
+            self.confusion["val_inferred"].update(scores["inferred"].argmax(1), label)
+            self.val_soft_confusion.update(scores["inferred"].float().softmax(1), label)
+            return
+        for protocol, score in scores.items():
+            self.confusion[f"test_{protocol}"].update(score.argmax(1), label)
+
+    def _finish_protocols(self, stage: str) -> None:
+        if stage == "val":
+            self.val_evaluation = {"confusion": self.confusion["val_inferred"].compute().cpu().numpy(),
+                                   "soft_confusion": self.val_soft_confusion.compute().cpu().numpy()}
+            self.confusion["val_inferred"].reset()
+            self.val_soft_confusion.reset()
+            return
+        confusions = {}
+        for p in PROTOCOLS:
+            metric = self.confusion[f"test_{p}"]
+            confusions[p] = metric.compute().cpu().numpy() if metric.update_called else None
+            metric.reset()
+        hierarchy, protocol = self.hparams.hierarchy, self.hparams.metrics_protocol
+        self.test_evaluation = evaluation_record(confusions, hierarchy, protocol,
+                                                 self.net.fc.weight.detach().float().cpu().numpy())
+        for key, value in self.test_evaluation.items():
+            if isinstance(value, float):
+                self.log(f"test/{key.removeprefix('test_')}", value)
+        if confusions[protocol] is not None:
+            self.confusion_figure = confusion_figure(
+                confusions[protocol], hierarchy, self.hparams.class_names,
+                f"test, {protocol} protocol: error {self.test_evaluation[f'test_error_{protocol}']:.2f} %")
+            add_figure = getattr(getattr(self.logger, "experiment", None), "add_figure", None)
+            if add_figure is not None:
+                add_figure("test/confusion", self.confusion_figure, global_step=self.global_step, close=False)
 
     def on_train_epoch_end(self) -> None:
         # One host sync per epoch instead of one per step: a NaN anywhere makes the epoch mean NaN.
@@ -127,9 +189,12 @@ class HALModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
+        if self.val_protocols:
+            self._finish_protocols("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        self._finish_protocols("test")
 
     def configure_optimizers(self):
         optimizer = self.optimizer(params=self.parameters())

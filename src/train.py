@@ -14,7 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.superclasses import resolve_case
+from src.discover import save_discovery_inputs
 from src.errors import UserError
+from src.evaluation import evaluation_options
 from src.module import HALModule
 
 
@@ -44,6 +46,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     datamodule = instantiate({k: v for k, v in cfg.dataset.items() if k not in ("name", "depth", "superclass_file")})
     datamodule.superclasses = table = resolve_case(cfg.case, cfg.dataset.name, datamodule.class_names)
     num_superclasses = max(table) + 1 if table is not None else 0
+    evaluation = evaluation_options(cfg.eval, table, cfg.dataset.name)
     record = {"dataset": cfg.dataset.name, "case": cfg.case.name, "depth": cfg.model.depth, "seed": cfg.seed,
               "superclasses": table, "epochs": cfg.trainer.max_epochs, "status": "running",
               "git_commit": git_commit()}
@@ -55,17 +58,22 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
                       num_superclasses=num_superclasses or None)
     module = HALModule(net, instantiate(cfg.optimizer), num_classes=datamodule.num_classes,
                        num_superclasses=num_superclasses, lr_min=cfg.lr_min, channels_last=cfg.channels_last,
-                       compile=cfg.compile)
+                       compile=cfg.compile, class_names=list(datamodule.class_names), **evaluation)
     logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = pl.Trainer(**cfg.trainer, logger=logger, default_root_dir=str(run_dir), callbacks=list(callbacks))
     trainer.fit(module, datamodule=datamodule)
     val = trainer.callback_metrics
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    val_error = float(val["val/error"]) if "val/error" in val else None  # read before validate() below resets it
+    if module.confusion_figure is not None:
+        module.confusion_figure.savefig(run_dir / "confusion.png", dpi=120)
+    save_discovery_inputs(run_dir, trainer, module, datamodule, cfg.dataset.name, cfg.case.name)
 
     record.update(
         test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
-        val_error=float(val["val/error"]) if "val/error" in val else None,
+        val_error=val_error, **module.test_evaluation,
+        eval_hierarchy=evaluation["hierarchy"], inferred_rule=evaluation["inferred_rule"],
         duration_s=round(time.time() - start, 2), status="finished")
     write_json(run_dir / "metrics.json", record)
     return record

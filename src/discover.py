@@ -1,0 +1,212 @@
+"""Superclass discovery: ``python -m src.discover RUN_DIR --k K``.
+
+Derives K superclasses from a finished run, from its validation data and its weights only (never the
+test set), in two ways:
+
+- ``confusion``: hierarchical clustering of the validation confusion matrix. Classes the network
+  takes for each other are close ("Do CNNs learn class hierarchy?", Alsallakh et al. 2017).
+- ``vectors``: hierarchical clustering of the class representatives, the rows of the final linear
+  layer, by cosine distance (ProxyDR, UPGMA trees over learned class representatives).
+
+Each result is written as a YAML mapping that trains directly (``case=custom case.file=PATH``), and
+compared with every Table 1 case by the adjusted Rand index.
+
+``train()`` leaves what this needs in ``RUN_DIR/hierarchy.npz`` (``save_discovery_inputs``).
+"""
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+from scipy.cluster.hierarchy import cut_tree, linkage
+from scipy.spatial.distance import pdist, squareform
+from sklearn.metrics import adjusted_rand_score
+
+from src.data.superclasses import CASES, PAPER_CASES, superclass_table
+from src.errors import UserError
+
+FILE = "hierarchy.npz"
+METHODS = ("confusion", "vectors")
+LINKAGES = ("average", "complete", "single", "weighted")  # those valid on non-Euclidean distances
+
+
+class DiscoveryError(UserError):
+    """Discovery cannot run on this input."""
+
+
+# --- what a run leaves behind ---------------------------------------------------------------------
+
+def save_discovery_inputs(run_dir: Path, trainer, module, datamodule, dataset: str, case: str) -> Path:
+    """One extra validation pass under the inferred protocol, then ``run_dir/hierarchy.npz``.
+
+    The inferred protocol, not the oracle: feeding the true superclass would write the current
+    superclasses into the confusion matrix that is meant to find new ones.
+    """
+    k = datamodule.num_classes
+    module.val_evaluation = {}
+    if len(datamodule.val_dataloader()):
+        module.val_protocols = True
+        try:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        finally:
+            module.val_protocols = False
+    val = module.val_evaluation
+    table = module.hparams.hierarchy if module.has_auxiliary else None
+    path = run_dir / FILE
+    tmp = run_dir / (FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f,
+                 val_confusion=val.get("confusion", np.zeros((k, k), dtype=np.int64)),
+                 val_soft_confusion=val.get("soft_confusion", np.zeros((k, k), dtype=np.float32)),
+                 class_vectors=module.net.fc.weight.detach().float().cpu().numpy(),
+                 class_names=np.array([str(c) for c in datamodule.class_names]),
+                 superclasses=np.array(table if table is not None else [], dtype=np.int64),
+                 dataset=np.array(dataset), case=np.array(case),
+                 protocol=np.array(f"inferred ({module.hparams.inferred_rule})" if table is not None else "plain"))
+    os.replace(tmp, path)
+    return path
+
+
+def load_discovery_inputs(run_dir: Path) -> dict:
+    path = Path(run_dir) / FILE
+    if not Path(run_dir).is_dir():
+        raise DiscoveryError(f"{run_dir} is not a run directory")
+    if not path.exists():
+        raise DiscoveryError(f"{path} not found: discovery needs a run that finished with this version of src.train")
+    with np.load(path, allow_pickle=False) as f:
+        data = {key: f[key] for key in f.files}
+    for key in ("dataset", "case", "protocol"):
+        data[key] = str(data[key])
+    data["class_names"] = [str(c) for c in data["class_names"]]
+    data["superclasses"] = data["superclasses"].tolist() or None
+    return data
+
+
+# --- clustering -----------------------------------------------------------------------------------
+
+def confusion_distances(confusion: np.ndarray) -> np.ndarray:
+    """1 − the symmetrised confusion rate: classes often taken for each other are close.
+
+    Rows are normalised first, so that a class's share of mistakes does not depend on how many
+    validation images it has.
+    """
+    c = np.asarray(confusion, dtype=np.float64)
+    rates = c / np.maximum(c.sum(axis=1, keepdims=True), np.finfo(float).tiny)
+    distances = 1 - (rates + rates.T) / 2
+    np.fill_diagonal(distances, 0)
+    return distances
+
+
+def vector_distances(class_vectors: np.ndarray) -> np.ndarray:
+    """Cosine distances between class representatives (rows of the final linear layer)."""
+    return squareform(pdist(np.asarray(class_vectors, dtype=np.float64), "cosine"))
+
+
+def canonical(labels: Sequence[int]) -> list[int]:
+    """Renumber clusters by their smallest class: the same partition always reads the same."""
+    ids: dict[int, int] = {}
+    return [ids.setdefault(int(label), len(ids)) for label in labels]
+
+
+def cluster(distances: np.ndarray, k: int, method: str = "average") -> list[int]:
+    """Class -> superclass table with exactly k superclasses, from an agglomerative tree cut."""
+    if method not in LINKAGES:
+        raise DiscoveryError(f"unknown linkage '{method}'; choose one of {list(LINKAGES)}")
+    n = len(distances)
+    if not 2 <= k <= n:
+        raise DiscoveryError(f"--k must be between 2 and the number of classes ({n}), got {k}")
+    tree = linkage(squareform(distances, checks=False), method=method)
+    return canonical(cut_tree(tree, n_clusters=k).ravel())
+
+
+def agreement(table: Sequence[int], dataset: str, own: Optional[Sequence[int]] = None,
+              own_case: str = "") -> dict[str, float]:
+    """Adjusted Rand index of ``table`` with every Table 1 case of ``dataset`` (and a custom run's own)."""
+    out = {}
+    if dataset in PAPER_CASES:
+        out = {case: float(adjusted_rand_score(superclass_table(dataset, case), table)) for case in CASES}
+    if own is not None and own_case not in out:
+        out[own_case or "run"] = float(adjusted_rand_score(own, table))
+    return out
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+def write_mapping(path: Path, table: Sequence[int], class_names: Sequence[str], header: Sequence[str]) -> None:
+    """YAML {superclass: [class names]} as ``case=custom case.file=PATH`` reads it (indices if names repeat)."""
+    members = list(class_names) if len(set(class_names)) == len(class_names) else list(range(len(table)))
+    groups = {f"s{s}": [members[c] for c in range(len(table)) if table[c] == s] for s in range(max(table) + 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(groups, sort_keys=False))
+
+
+def discover(run_dir: Path, k: int, methods: Sequence[str] = METHODS, confusion: str = "soft",
+             method: str = "average", out_dir: Optional[Path] = None) -> dict[str, dict]:
+    """Run discovery; write one mapping file per method; return {method: {table, ari, file}}."""
+    if confusion not in ("soft", "hard"):
+        raise DiscoveryError(f"confusion must be soft or hard, got '{confusion}'")
+    if not methods or set(methods) - set(METHODS):
+        raise DiscoveryError(f"methods must be among {list(METHODS)}, got {list(methods)}")
+    run_dir = Path(run_dir)
+    data = load_discovery_inputs(run_dir)
+    val_images = int(data["val_confusion"].sum())
+    if "confusion" in methods and val_images == 0:
+        raise DiscoveryError(
+            f"{run_dir} has no validation predictions (dataset.val_size=0?); the confusion method uses validation "
+            "data only, never the test set: rerun with dataset.val_size>0, or use --method vectors")
+    distances = {
+        "confusion": lambda: confusion_distances(data["val_soft_confusion" if confusion == "soft" else "val_confusion"]),
+        "vectors": lambda: vector_distances(data["class_vectors"]),
+    }
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "discovered"
+    results = {}
+    for name in methods:
+        table = cluster(distances[name](), k, method)
+        source = (f"{confusion} validation confusion ({val_images} images, {data['protocol']} protocol)"
+                  if name == "confusion" else "class vectors (rows of the final linear layer, cosine)")
+        ari = agreement(table, data["dataset"], data["superclasses"], data["case"])
+        path = out_dir / f"{name}_k{k}.yaml"
+        write_mapping(path, table, data["class_names"], [
+            f"{k} superclasses discovered by src.discover from {run_dir}",
+            f"method: {name}: {method} linkage on {source}",
+            "adjusted Rand index: " + ", ".join(f"{c} {v:.3f}" for c, v in ari.items()),
+            f"train: python -m src.train dataset={data['dataset']} case=custom case.file={path}"])
+        results[name] = {"table": table, "ari": ari, "file": path, "source": source}
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m src.discover", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a finished run directory (holds hierarchy.npz)")
+    parser.add_argument("--k", type=int, required=True, help="number of superclasses to derive")
+    parser.add_argument("--method", choices=("both", *METHODS), default="both")
+    parser.add_argument("--confusion", choices=("soft", "hard"), default="soft",
+                        help="soft: summed predicted probabilities (default); hard: counts of argmax predictions")
+    parser.add_argument("--linkage", choices=LINKAGES, default="average")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the mappings (RUN_DIR/discovered)")
+    args = parser.parse_args(argv)
+    try:
+        results = discover(args.run_dir, args.k, METHODS if args.method == "both" else (args.method,),
+                           args.confusion, args.linkage, args.out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    data = load_discovery_inputs(args.run_dir)
+    names = data["class_names"]
+    print(f"{args.k} superclasses for {data['dataset']} from {args.run_dir} (case {data['case']})")
+    for name, result in results.items():
+        table = result["table"]
+        groups = " | ".join("{" + ", ".join(names[c] for c in range(len(table)) if table[c] == s) + "}"
+                            for s in range(args.k))
+        print(f"\n{name}: {args.linkage} linkage on {result['source']}\n  {groups}")
+        print("  adjusted Rand index: " + "  ".join(f"{c} {v:.3f}" for c, v in result["ari"].items()))
+        print(f"  wrote {result['file']}")
+        print(f"  train: python -m src.train dataset={data['dataset']} case=custom case.file={result['file']}")
+
+
+if __name__ == "__main__":
+    main()

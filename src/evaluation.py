@@ -1,0 +1,255 @@
+"""Test protocols without the oracle superclass, and hierarchy metrics (README, "Beyond the paper").
+
+Protocols, i.e. what is fed as x* at test time:
+
+- ``oracle``: the true superclass (the paper's protocol, ``test_error``);
+- ``inferred``: nothing. Every candidate superclass s is fed as x* = e_s, each class c is scored
+  under its own superclass t[c] only, and the best (t[c], c) pair is the prediction;
+- ``shuffled``: a wrong superclass, drawn uniformly among the others, to show how much the model
+  leans on the hint.
+
+Every hierarchy metric is a function of a confusion matrix ``C[true, predicted]`` and a class ->
+superclass table ``t``. Plain torch / numpy / scipy, no Lightning: the module calls these in its test
+hooks, the tests call them directly.
+"""
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from scipy.spatial.distance import pdist
+from scipy.stats import spearmanr
+from torchmetrics import Metric
+
+from src.data.superclasses import PAPER_CASES, superclass_table
+from src.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("oracle", "inferred", "shuffled")
+INFERRED_RULES = ("softmax", "logit")
+
+
+class EvaluationConfigError(UserError, ValueError):
+    """A bad ``eval.*`` option."""
+
+
+def evaluation_options(options: Mapping, table: Optional[Sequence[int]], dataset: str) -> dict:
+    """Check the ``eval`` config block; return the evaluation keyword arguments of ``HALModule``.
+
+    ``hierarchy`` is the table the superclass metrics use: the run's own superclasses for HAL, and
+    the Table 1 case named by ``eval.hierarchy`` for the baseline (None: no superclass metrics).
+    """
+    for key, choices in (("inferred_rule", INFERRED_RULES), ("metrics_protocol", PROTOCOLS)):
+        if options[key] not in choices:
+            raise EvaluationConfigError(f"eval.{key}={options[key]} is not one of {list(choices)}")
+    hierarchy = table
+    if table is None and options["hierarchy"] is not None:
+        if dataset in PAPER_CASES:
+            hierarchy = superclass_table(dataset, options["hierarchy"])
+        else:
+            log.warning("eval.hierarchy=%s: the paper has no superclasses for %s; superclass metrics are skipped",
+                        options["hierarchy"], dataset)
+    return {"hierarchy": None if hierarchy is None else list(hierarchy), "inferred_rule": options["inferred_rule"],
+            "metrics_protocol": options["metrics_protocol"], "shuffle_seed": int(options["shuffle_seed"])}
+
+
+# --- protocols -------------------------------------------------------------------------------------
+
+def candidate_logits(net: torch.nn.Module, y: torch.Tensor, num_superclasses: int) -> torch.Tensor:
+    """Logits (B, S, K) of the head with every superclass s fed as x* = e_s, from features y (B, l).
+
+    One head call on S·B rows: the features are computed once.
+    """
+    b = len(y)
+    x_star = torch.eye(num_superclasses, device=y.device).repeat_interleave(b, dim=0)  # s-major, (S·B, S)
+    logits, _ = net.forward_head(y.repeat(num_superclasses, 1), x_star)
+    return logits.view(num_superclasses, b, -1).transpose(0, 1)
+
+
+def inferred_scores(candidates: torch.Tensor, table: Sequence[int], rule: str = "softmax") -> torch.Tensor:
+    """Score (B, K) of each class c under its own superclass only: the (t[c], c) pairs.
+
+    ``softmax``: log p(c | x, x* = e_{t[c]}), the softmax over all classes with t[c] fed. Comparable
+    across candidates: each is a probability from a full distribution.
+    ``logit``: the raw logit. Biased: the auxiliary score a of candidate s scales all its logits
+    (eq. 2), so the candidate with the largest a tends to win whatever the image.
+    """
+    if rule not in INFERRED_RULES:
+        raise EvaluationConfigError(f"unknown inferred rule '{rule}'; choose one of {list(INFERRED_RULES)}")
+    if rule == "softmax":
+        candidates = candidates.float().log_softmax(dim=-1)
+    b, _, k = candidates.shape
+    index = torch.as_tensor(table, device=candidates.device).expand(b, 1, k)  # index[b, 0, c] = t[c]
+    return candidates.gather(1, index).squeeze(1)
+
+
+def wrong_superclass(superclass: torch.Tensor, num_superclasses: int, generator: torch.Generator) -> torch.Tensor:
+    """A superclass other than the true one, uniform among the S − 1 others (needs S ≥ 2)."""
+    if num_superclasses < 2:
+        raise ValueError("a wrong superclass needs at least two superclasses")
+    offset = torch.randint(1, num_superclasses, superclass.shape, generator=generator)
+    return (superclass + offset.to(superclass.device)) % num_superclasses
+
+
+def protocol_scores(
+    net: torch.nn.Module,
+    y: torch.Tensor,
+    superclass: torch.Tensor,
+    table: Optional[Sequence[int]],
+    rule: str = "softmax",
+    generator: Optional[torch.Generator] = None,
+) -> dict[str, torch.Tensor]:
+    """Scores (B, K) per protocol, from features y; the argmax of each is that protocol's prediction.
+
+    Without an auxiliary block (baseline) x* does not exist: every protocol gets the same logits.
+    ``shuffled`` is left out without a ``generator`` or with a single superclass (no wrong one exists).
+    """
+    if net.auxiliary is None:
+        logits, _ = net.forward_head(y)
+        return dict.fromkeys(PROTOCOLS, logits)
+    s = net.auxiliary.num_superclasses
+    # The oracle call has the same shape as the training/test step, so its logits match test_error bit for bit.
+    oracle, _ = net.forward_head(y, F.one_hot(superclass, s).to(torch.float32))
+    candidates = candidate_logits(net, y, s)
+    scores = {"oracle": oracle, "inferred": inferred_scores(candidates, table, rule)}
+    if generator is not None and s > 1:
+        wrong = wrong_superclass(superclass, s, generator)
+        scores["shuffled"] = candidates[torch.arange(len(y), device=y.device), wrong]
+    return scores
+
+
+# --- hierarchy metrics (all in %) -----------------------------------------------------------------
+
+def error(confusion: np.ndarray) -> Optional[float]:
+    total = confusion.sum()
+    return float(100 * (1 - np.trace(confusion) / total)) if total else None
+
+
+def hierarchy_metrics(confusion: Optional[np.ndarray], table: Optional[Sequence[int]]) -> dict:
+    """Superclass accuracy, share of mistakes within the true superclass, error per superclass.
+
+    The predicted superclass is the superclass of the predicted class. A value is None where it is
+    undefined: no hierarchy, no mistakes, or no test image of that superclass.
+    """
+    out = {"superclass_acc": None, "within_superclass_mistakes": None, "per_superclass_error": None}
+    if table is None or confusion is None or not np.sum(confusion):
+        return out
+    confusion = np.asarray(confusion, dtype=np.float64)
+    total = confusion.sum()
+    t = np.asarray(table)
+    same = t[:, None] == t[None, :]
+    off_diagonal = ~np.eye(len(t), dtype=bool)
+    mistakes = confusion[off_diagonal].sum()
+    out["superclass_acc"] = float(100 * confusion[same].sum() / total)
+    out["within_superclass_mistakes"] = float(100 * confusion[same & off_diagonal].sum() / mistakes) if mistakes else None
+    per = []
+    for s in range(t.max() + 1):
+        members = np.flatnonzero(t == s)
+        seen = confusion[members].sum()
+        per.append(float(100 * (1 - confusion[members, members].sum() / seen)) if seen else None)
+    out["per_superclass_error"] = per
+    return out
+
+
+def tree_distances(table: Sequence[int]) -> np.ndarray:
+    """Condensed path lengths between classes in the two-level tree root -> superclass -> class."""
+    t = np.asarray(table)
+    i, j = np.triu_indices(len(t), k=1)
+    return np.where(t[i] == t[j], 2.0, 4.0)
+
+
+def hierarchy_spearman(class_vectors: np.ndarray, table: Optional[Sequence[int]]) -> Optional[float]:
+    """Spearman correlation of class-representative distances with the superclass tree distance.
+
+    Class representatives are the rows of the final linear layer (ProxyDR); their distance is the cosine
+    distance, i.e. the Euclidean distance of the normalised rows up to a monotone map, which Spearman
+    ignores. None without a hierarchy or when the tree distance is constant (one superclass, or one
+    class per superclass).
+    """
+    if table is None:
+        return None
+    tree = tree_distances(table)
+    if np.ptp(tree) == 0:
+        return None
+    rho = spearmanr(pdist(np.asarray(class_vectors, dtype=np.float64), "cosine"), tree).statistic
+    return float(rho) if np.isfinite(rho) else None
+
+
+def evaluation_record(
+    confusions: Mapping[str, Optional[np.ndarray]],
+    table: Optional[Sequence[int]],
+    metrics_protocol: str,
+    class_vectors: np.ndarray,
+) -> dict:
+    """The evaluation fields of ``metrics.json`` from one test confusion matrix per protocol (None: not run)."""
+    record = {f"test_error_{p}": None if confusions.get(p) is None else error(confusions[p]) for p in PROTOCOLS}
+    record.update(hierarchy_metrics(confusions.get(metrics_protocol), table))
+    record["hierarchy_spearman"] = hierarchy_spearman(class_vectors, table)
+    return record
+
+
+# --- figure ---------------------------------------------------------------------------------------
+
+def superclass_order(table: Optional[Sequence[int]], num_classes: int) -> list[int]:
+    """Classes sorted by superclass, then by index."""
+    if table is None:
+        return list(range(num_classes))
+    return sorted(range(num_classes), key=lambda c: (table[c], c))
+
+
+def confusion_figure(
+    confusion: np.ndarray, table: Optional[Sequence[int]], class_names: Sequence[str], title: str = ""
+) -> Figure:
+    """Row-normalised confusion matrix, classes ordered by superclass, superclass blocks outlined.
+
+    A ``matplotlib.figure.Figure`` without pyplot: no GUI backend and no global figure state.
+    """
+    k = len(confusion)
+    order = superclass_order(table, k)
+    counts = np.asarray(confusion, dtype=np.float64)[np.ix_(order, order)]
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.45 * k, 20)
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
+    names = [str(class_names[c]) if c < len(class_names) else str(c) for c in order]
+    if table is not None:
+        names = [f"{n} (s{table[c]})" for n, c in zip(names, order)]
+        bounds = np.cumsum(np.bincount(np.asarray(table)))[:-1] - 0.5
+        for b in bounds:
+            ax.axhline(b, color="crimson", lw=1)
+            ax.axvline(b, color="crimson", lw=1)
+    ax.set_xticks(range(k), names, rotation=90)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_title(title)
+    return fig
+
+
+class SoftConfusion(Metric):
+    """Σ over images of true class i of the predicted probability of class j: a confusion matrix that
+    keeps the near-misses a hard argmax hides (an accurate model's hard confusion is almost diagonal)."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.add_state("total", torch.zeros(num_classes, num_classes), dist_reduce_fx="sum")
+
+    def update(self, probabilities: torch.Tensor, label: torch.Tensor) -> None:
+        self.total.index_add_(0, label, probabilities.to(self.total.dtype))
+
+    def compute(self) -> torch.Tensor:
+        return self.total
