@@ -1,5 +1,6 @@
 """Entry point: ``python -m src.train dataset=digits case=case1`` (Hydra overrides)."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -10,14 +11,18 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.callbacks import EpochHistory, last_checkpoint, run_callbacks
 from src.data.superclasses import resolve_case
 from src.discover import save_discovery_inputs
 from src.errors import UserError
 from src.evaluation import evaluation_options
 from src.module import HALModule
+
+log = logging.getLogger(__name__)
 
 
 def write_json(path: Path, record: dict) -> None:
@@ -38,7 +43,13 @@ def git_commit() -> str:
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> dict:
     """Fit on train (+val), test once with the final weights, write ``run_dir/metrics.json``.
 
-    ``callbacks`` are added to the Trainer's (benchmarks and tests use it to observe a run)."""
+    ``callbacks`` are added to the Trainer's (benchmarks and tests use it to observe a run).
+    A run dir whose metrics.json is finished is skipped; one with a ``checkpoints/last.ckpt`` resumes from it.
+    """
+    previous = read_record(run_dir)
+    if previous.get("status") == "finished":
+        log.info("skipping %s: already finished (delete its metrics.json to run it again)", run_dir)
+        return previous
     start = time.time()
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -61,8 +72,10 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
                        compile=cfg.compile, class_names=list(datamodule.class_names), **evaluation)
     logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(**cfg.trainer, logger=logger, default_root_dir=str(run_dir), callbacks=list(callbacks))
-    trainer.fit(module, datamodule=datamodule)
+    history, checkpointing = EpochHistory(run_dir / "history.csv"), cfg.trainer.enable_checkpointing
+    trainer = pl.Trainer(**cfg.trainer, logger=logger, default_root_dir=str(run_dir),
+                         callbacks=[history, *run_callbacks(run_dir, cfg.test_curve, checkpointing), *callbacks])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(run_dir) if checkpointing else None)
     val = trainer.callback_metrics
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     val_error = float(val["val/error"]) if "val/error" in val else None  # read before validate() below resets it
@@ -74,7 +87,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
         test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
         val_error=val_error, **module.test_evaluation,
         eval_hierarchy=evaluation["hierarchy"], inferred_rule=evaluation["inferred_rule"],
-        duration_s=round(time.time() - start, 2), status="finished")
+        resumed_at_epoch=history.resumed_at_epoch, duration_s=round(time.time() - start, 2), status="finished")
     write_json(run_dir / "metrics.json", record)
     return record
 
@@ -84,20 +97,37 @@ def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return train(cfg, run_dir)
-    except UserError as e:
-        record_failure(run_dir, e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except BaseException as e:
-        record_failure(run_dir, e)
+    except Exception as e:
+        record = record_failure(run_dir, e, cfg)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # One failed job must not stop the sweep: its metrics.json says failed, the report lists it.
+            if not isinstance(e, UserError):
+                log.exception("job %s failed", run_dir)
+            print(f"error: {run_dir.name}: {e}", file=sys.stderr)
+            return record
+        if isinstance(e, UserError):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        raise
+    except BaseException as e:  # Ctrl-C, SIGTERM: stop (a sweep too); re-running resumes from the checkpoint
+        record_failure(run_dir, e, cfg)
         raise
 
 
-def record_failure(run_dir: Path, error: BaseException) -> None:
+def read_record(run_dir: Path) -> dict:
     path = run_dir / "metrics.json"
-    record = json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_failure(run_dir: Path, error: BaseException, cfg: DictConfig) -> dict:
+    record = read_record(run_dir)
+    # A job that fails before train() writes its record (a bad mapping) still needs its report group.
+    for key, path in (("dataset", "dataset.name"), ("case", "case.name"), ("depth", "model.depth"),
+                      ("seed", "seed"), ("epochs", "trainer.max_epochs")):
+        record.setdefault(key, OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False))
     record.update(status="failed", error=f"{type(error).__name__}: {error}")
-    write_json(path, record)
+    write_json(run_dir / "metrics.json", record)
+    return record
 
 
 def quote_depth(arg: str) -> str:

@@ -1,0 +1,431 @@
+"""Sweep dirs -> the paper's Table 2 (``table.md``, ``table.csv``) and Figures 2-7 (PNG + TensorBoard).
+
+    python -m src.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
+
+Every ``metrics.json`` under the given dirs is one run. Runs are grouped by dataset × depth × case (and by
+any other command-line override of the run, shown as "settings", so that runs made with different
+settings are never averaged together). Only runs whose status is ``finished`` count; failed and
+unfinished ones (still running, or killed) are listed and flagged. Mean ± std are over seeds, with the
+sample standard deviation (ddof=1).
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import yaml  # noqa: E402
+
+from src.errors import UserError  # noqa: E402
+
+# The paper's Table 2: test error %, mean and std over 5 runs (its baselines have no std). The paper's
+# nets are 10 layers deep for MNIST, 28 for SVHN and CIFAR-10; other depths get no paper value.
+PAPER_TABLE2 = {
+    "mnist": {"baseline": (0.93, None), "case1": (0.43, 0.03), "case2": (0.73, 0.06), "case3": (0.70, 0.05),
+              "case4": (0.69, 0.00)},
+    "svhn": {"baseline": (4.05, None), "case1": (2.53, 0.06), "case2": (2.64, 0.11), "case3": (2.66, 0.07),
+             "case4": (2.86, 0.07)},
+    "cifar10": {"baseline": (6.81, None), "case1": (3.30, 0.06), "case2": (5.30, 0.14), "case3": (6.46, 0.08),
+                "case4": (5.13, 0.09)},
+}
+PAPER_DEPTH = {"mnist": 10, "svhn": 28, "cifar10": 28}
+PAPER_FIGURES = {"mnist": ("Fig. 2", "Fig. 3"), "svhn": ("Fig. 4", "Fig. 5"), "cifar10": ("Fig. 6", "Fig. 7")}
+# Written by the test protocols when present (%), shown as mean ± std beside test_error.
+OPTIONAL_COLUMNS = ["test_error_inferred", "test_error_shuffled", "superclass_acc", "within_superclass_mistakes"]
+EXPECTED_SEEDS = 5
+# Overrides that are the group key itself or only say how to run: not part of a group's "settings".
+NOT_SETTINGS = {"seed", "case", "dataset", "depth", "model.depth", "trainer.accelerator", "trainer.devices",
+                "trainer.enable_progress_bar"}
+CASE_ORDER = ["baseline", "case1", "case2", "case3", "case4"]
+DATASET_ORDER = ["mnist", "svhn", "cifar10"]
+
+
+class ReportError(UserError):
+    """A sweep dir that cannot be reported on."""
+
+
+@dataclass
+class Run:
+    dir: Path
+    record: dict
+    settings: str
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", "unknown")
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+@dataclass
+class Group:
+    dataset: str
+    depth: Optional[int]
+    settings: str
+    case: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def finished(self) -> list[Run]:
+        return [r for r in self.runs if r.finished]
+
+    def stats(self, key: str) -> tuple[float, float, int]:
+        """Mean, sample std (ddof=1; NaN for one value) and count of ``key`` over the finished runs."""
+        values = [r.record[key] for r in self.finished if isinstance(r.record.get(key), (int, float))]
+        if not values:
+            return math.nan, math.nan, 0
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        return float(np.mean(values)), std, len(values)
+
+    def paper(self) -> tuple[Optional[float], Optional[float]]:
+        if PAPER_DEPTH.get(self.dataset) != self.depth:
+            return None, None
+        return PAPER_TABLE2[self.dataset].get(self.case, (None, None))
+
+
+def run_settings(run_dir: Path) -> str:
+    """The run's command-line overrides that change what is trained, from Hydra's ``.hydra/overrides.yaml``."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return ""
+    overrides = yaml.safe_load(path.read_text()) or []
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_SETTINGS]
+    return " ".join(sorted(kept))
+
+
+def load_runs(sweep_dirs: list[Path]) -> list[Run]:
+    runs, seen = [], set()
+    for sweep in sweep_dirs:
+        if not sweep.is_dir():
+            raise ReportError(f"{sweep} is not a directory")
+        paths = sorted(sweep.rglob("metrics.json"))
+        if not paths:
+            raise ReportError(f"no metrics.json under {sweep}: pass a sweep dir (outputs/sweeps/NAME) or a run dir")
+        for path in paths:
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ReportError(f"cannot read {path}: {e}") from None
+            if not isinstance(record, dict):
+                raise ReportError(f"{path} holds no JSON object")
+            if record.get("status") == "finished" and not isinstance(record.get("test_error"), (int, float)):
+                raise ReportError(f"{path} says finished but has no numeric test_error")
+            runs.append(Run(path.parent, record, run_settings(path.parent)))
+    return runs
+
+
+def _order(value, order: list) -> tuple:
+    return (order.index(value), "") if value in order else (len(order), str(value))
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        r = run.record
+        key = (str(r.get("dataset", "unknown")), r.get("depth"), run.settings, str(r.get("case", "unknown")))
+        groups.setdefault(key, Group(*key)).runs.append(run)
+    return sorted(groups.values(), key=lambda g: (_order(g.dataset, DATASET_ORDER), g.depth or 0, g.settings,
+                                                  _order(g.case, CASE_ORDER)))
+
+
+def _fmt(mean: float, std: float, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return ""
+    return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def _signed(value: Optional[float]) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:+.2f}"
+
+
+def table_rows(groups: list[Group]) -> list[dict]:
+    """One dict per group: every number of the table, unformatted (the CSV), plus flags."""
+    baselines = {(g.dataset, g.depth, g.settings): g.stats("test_error")[0] for g in groups if g.case == "baseline"}
+    present = [c for c in OPTIONAL_COLUMNS if any(g.stats(c)[2] for g in groups)]
+    rows = []
+    for g in groups:
+        mean, std, n = g.stats("test_error")
+        base = baselines.get((g.dataset, g.depth, g.settings), math.nan)
+        paper_mean, paper_std = g.paper()
+        paper_delta = None
+        if paper_mean is not None and g.case != "baseline":
+            paper_delta = paper_mean - PAPER_TABLE2[g.dataset]["baseline"][0]
+        seeds = [r.record.get("seed") for r in g.finished]
+        failed = [r for r in g.runs if r.status == "failed"]
+        unfinished = [r for r in g.runs if not r.finished and r.status != "failed"]
+        epochs = sorted({r.record.get("epochs") for r in g.finished}, key=str)
+        flags = []
+        if n < EXPECTED_SEEDS:
+            flags.append(f"n<{EXPECTED_SEEDS}")
+        if failed:
+            flags.append(f"{len(failed)} failed")
+        if unfinished:
+            flags.append(f"{len(unfinished)} unfinished")
+        if len(set(seeds)) < len(seeds):
+            flags.append("repeated seeds")
+        if len(epochs) > 1:
+            flags.append("mixed epochs")
+        row = {"dataset": g.dataset, "depth": g.depth, "settings": g.settings, "case": g.case, "n": n,
+               "seeds": " ".join(str(s) for s in sorted(seeds, key=str)),
+               "epochs": " ".join(str(e) for e in epochs),
+               "test_error_mean": mean, "test_error_std": std,
+               "delta_vs_baseline": mean - base if g.case != "baseline" else math.nan,
+               "paper_test_error": paper_mean, "paper_test_error_std": paper_std,
+               "paper_delta_vs_baseline": paper_delta}
+        for c in present:
+            row[f"{c}_mean"], row[f"{c}_std"], _ = g.stats(c)
+        row.update(failed=len(failed), unfinished=len(unfinished), flags="; ".join(flags))
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], runs: list[Run]) -> str:
+    optional = [c for c in OPTIONAL_COLUMNS if f"{c}_mean" in (rows[0] if rows else {})]
+    show_settings = len({r["settings"] for r in rows}) > 1
+    header = ["dataset", "depth"] + (["settings"] if show_settings else []) + [
+        "case", "test error % (mean ± std, n seeds)", "Δ vs baseline", "paper", "paper Δ"] + \
+        [f"{c} %" for c in optional] + ["epochs", "flags"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["dataset"], str(r["depth"])] + ([r["settings"] or "(none)"] if show_settings else []) + [
+            r["case"],
+            f"{_fmt(r['test_error_mean'], r['test_error_std'])} (n={r['n']})" if r["n"] else "(n=0)",
+            _signed(r["delta_vs_baseline"]),
+            _fmt(r["paper_test_error"], r["paper_test_error_std"]) if r["paper_test_error"] is not None else "",
+            _signed(r["paper_delta_vs_baseline"])] + \
+            [_fmt(r[f"{c}_mean"], r[f"{c}_std"]) for c in optional] + [r["epochs"], r["flags"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        "Test error with the final weights and the true superclass fed (the paper's protocol). "
+        "mean ± std over seeds; std is the sample standard deviation (ddof=1), empty for one seed. "
+        "Δ: change of the mean against the baseline of the same dataset, depth and settings "
+        f"(negative = fewer errors). paper: Table 2 of the paper (5 runs), shown at its depths "
+        f"({', '.join(f'{d} {k}' for k, d in PAPER_DEPTH.items())}). "
+        f"Flags: n<{EXPECTED_SEEDS} (fewer seeds than the paper), failed and unfinished runs "
+        "(not counted in the means).",
+    ]
+    problems = [r for r in runs if not r.finished]
+    if problems:
+        notes += ["", "Runs not counted:", ""]
+        for r in sorted(problems, key=lambda r: str(r.dir)):
+            reason = r.record.get("error", "unfinished: still running, or killed (re-run the sweep to resume it)")
+            notes.append(f"- `{r.dir}` ({r.status}): {reason}")
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                             for k, v in r.items()})
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+def read_history(run_dir: Path) -> dict[str, np.ndarray]:
+    """history.csv -> {column: values indexed by epoch (NaN where missing)}."""
+    path = run_dir / "history.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    epochs = [int(r["epoch"]) for r in rows]
+    columns = {}
+    for key in rows[0]:
+        values = np.full(max(epochs) + 1, np.nan)
+        for e, r in zip(epochs, rows):
+            values[e] = float(r[key]) if r.get(key) not in (None, "") else np.nan
+        columns[key] = values
+    return columns
+
+
+def curve_band(histories: list[dict], key: str) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Epochs (1-based), mean and std over runs of column ``key``; None if a run lacks it."""
+    if not histories or any(key not in h for h in histories):
+        return None
+    length = max(len(h[key]) for h in histories)
+    stacked = np.full((len(histories), length), np.nan)
+    for i, h in enumerate(histories):
+        stacked[i, :len(h[key])] = h[key]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch that no run reached: NaN, not a warning
+        mean = np.nanmean(stacked, axis=0)
+        std = np.nanstd(stacked, axis=0, ddof=1) if len(histories) > 1 else np.zeros(length)
+    return np.arange(1, length + 1), mean, np.nan_to_num(std)
+
+
+def _panels(groups: list[Group]) -> dict[tuple, dict[str, Group]]:
+    """(dataset, depth, settings) -> {case: group}: one figure each."""
+    panels: dict[tuple, dict[str, Group]] = defaultdict(dict)
+    for g in groups:
+        if g.finished:
+            panels[(g.dataset, g.depth, g.settings)][g.case] = g
+    return panels
+
+
+def _figure_name(kind: str, dataset: str, depth, settings: str, all_settings: set) -> str:
+    slug = "" if len(all_settings) <= 1 or not settings else "_" + re.sub(r"[^\w.=-]+", "_", settings)[:80]
+    return f"{kind}_{dataset}_depth{depth}{slug}"
+
+
+def _title(dataset: str, depth, settings: str, figure: str) -> str:
+    paper = f" (paper {figure})" if figure else ""
+    return f"{dataset}, depth {depth}{', ' + settings if settings else ''}{paper}"
+
+
+def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
+    """Figs 2/4/6: train and test loss per epoch, baseline against each case, mean ± std over seeds."""
+    others = [c for c in sorted(cases, key=lambda c: _order(c, CASE_ORDER)) if c != "baseline"] or ["baseline"]
+    histories = {c: [h for h in (read_history(r.dir) for r in g.finished) if h] for c, g in cases.items()}
+    fig, axes = plt.subplots(1, len(others), figsize=(max(6.0, 4.2 * len(others)), 4.0), squeeze=False,
+                             sharey=True)
+    eval_names = set()
+    for ax, case in zip(axes[0], others):
+        for name, color in [("baseline", "0.45")] + ([(case, "C0")] if case != "baseline" else []):
+            if name not in histories:
+                continue
+            runs = histories[name]
+            eval_key, eval_name = ("curve/test_loss", "test") if curve_band(runs, "curve/test_loss") else \
+                ("val/loss", "validation")
+            for key, style, label in (("train/loss", "-", "train"), (eval_key, "--", eval_name)):
+                band = curve_band(runs, key)
+                if band is None:
+                    continue
+                if key == eval_key:
+                    eval_names.add(eval_name)
+                x, mean, std = band
+                ax.plot(x, mean, style, color=color, label=f"{name} {label} (n={len(runs)})")
+                ax.fill_between(x, np.clip(mean - std, 1e-6, None), mean + std, color=color, alpha=0.2, lw=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{case} vs baseline" if case != "baseline" else "baseline")
+        ax.grid(alpha=0.3, which="both", lw=0.5)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("cross-entropy loss (log scale)")
+    kind = " and ".join(sorted(eval_names, reverse=True)) or "no evaluation"
+    fig.suptitle(f"Train and {kind} loss per epoch, mean ± std over seeds\n"
+                 f"{_title(dataset, depth, settings, PAPER_FIGURES.get(dataset, ('', ''))[0])}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def aux_score_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
+    """Figs 3/5/7: the auxiliary score of every training image at the end of training, by superclass.
+
+    One run per case (its lowest seed): images sorted by superclass, then class.
+    """
+    panels = []
+    for case in sorted(cases, key=lambda c: _order(c, CASE_ORDER)):
+        runs = sorted((r for r in cases[case].finished if (r.dir / "aux_scores.npz").exists()),
+                      key=lambda r: (r.record.get("seed") is None, r.record.get("seed")))
+        if runs:
+            panels.append((case, runs[0]))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 4.2 * len(panels)), 4.0), squeeze=False)
+    for ax, (case, run) in zip(axes[0], panels):
+        data = np.load(run.dir / "aux_scores.npz")
+        score, superclass, label = data["score"], data["superclass"], data["label"]
+        order = np.lexsort((label, superclass))
+        table = run.record.get("superclasses") or []
+        for s in np.unique(superclass):
+            idx = np.flatnonzero(superclass[order] == s)
+            members = ",".join(str(c) for c, t in enumerate(table) if t == s)
+            ax.scatter(idx, score[order][idx], s=2, color=f"C{int(s)}", rasterized=True,
+                       label=f"superclass {s}" + (f": classes {members}" if members else ""))
+        ax.set_xlabel("training image (sorted by superclass, then class)")
+        ax.set_title(f"{case}: seed {run.record.get('seed')}, test error {run.record['test_error']:.2f} %",
+                     fontsize=9)
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.legend(fontsize=7, markerscale=4)
+    axes[0][0].set_ylabel("auxiliary score a = Σ_j |Σ_i w_ij y_i − x*_j|")
+    fig.suptitle(f"Auxiliary score of every training image at the end of training\n"
+                 f"{_title(dataset, depth, settings, PAPER_FIGURES.get(dataset, ('', ''))[1])}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(groups: list[Group], out: Path, table: str) -> list[Path]:
+    from torch.utils.tensorboard import SummaryWriter
+
+    written = []
+    panels = _panels(groups)
+    all_settings = {key[2] for key in panels}
+    writer = SummaryWriter(log_dir=str(out / "tb"))
+    try:
+        writer.add_text("table2", table)
+        for (dataset, depth, settings), cases in panels.items():
+            for kind, make in (("loss", loss_figure), ("aux_scores", aux_score_figure)):
+                fig = make(dataset, depth, settings, cases)
+                if fig is None:
+                    continue
+                name = _figure_name(kind, dataset, depth, settings, all_settings)
+                fig.savefig(out / f"{name}.png", dpi=120)
+                writer.add_figure(f"{kind}/{name}", fig, close=True)
+                written.append(out / f"{name}.png")
+    finally:
+        writer.close()
+    return written
+
+
+def report(sweep_dirs: list[Path], out: Optional[Path] = None) -> dict:
+    """Write table.md, table.csv and the figures to ``out`` (default: the sweep dir, or the common parent
+    of several). Returns {"rows", "markdown", "figures"}."""
+    runs = load_runs(sweep_dirs)
+    groups = group_runs(runs)
+    rows = table_rows(groups)
+    if out is None:
+        out = sweep_dirs[0] if len(sweep_dirs) == 1 else Path(
+            os.path.commonpath([str(p.resolve()) for p in sweep_dirs]))
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(rows, runs)
+    (out / "table.md").write_text(md)
+    write_csv(rows, out / "table.csv")
+    figures = write_figures(groups, out, md)
+    return {"rows": rows, "markdown": md, "figures": figures, "out": out}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where table.md, table.csv, the PNGs and tb/ go (default: the sweep dir, or the "
+                             "common parent of several)")
+    args = parser.parse_args(argv)
+    try:
+        result = report(args.sweep_dirs, args.out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(result["markdown"])
+    print(f"wrote {result['out'] / 'table.md'}, table.csv and {len(result['figures'])} figures "
+          f"({', '.join(p.name for p in result['figures'])}); TensorBoard: tensorboard --logdir {result['out'] / 'tb'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
