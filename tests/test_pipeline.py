@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.data.pipeline import TensorLoader, augment, channel_stats, normalize, random_crop, random_flip
+from src.data.pipeline import TensorLoader, augment, channel_stats, normalize
 
 
 def known_images(b: int = 64, c: int = 3, h: int = 8, w: int = 10) -> torch.Tensor:
@@ -54,7 +54,7 @@ def test_augment_keeps_shape_and_dtype():
 def test_crop_is_a_zero_padded_crop_at_an_offset_within_pad():
     images, pad = known_images(), 3
     torch.manual_seed(0)
-    out = random_crop(images, pad)
+    out = augment(images, pad, flip=False)
     offsets = [crop_offset(o, i, pad) for o, i in zip(out, images)]
     assert None not in offsets  # every output is the padded input cropped at some |dy|, |dx| <= pad
     assert len(set(offsets)) > 10  # offsets vary across the batch
@@ -63,30 +63,28 @@ def test_crop_is_a_zero_padded_crop_at_an_offset_within_pad():
     i = next(i for i, (dy, _) in enumerate(offsets) if dy > 0)
     assert (out[i, :, -offsets[i][0]:, :] == 0).all() and (images[i] > 0).all()
     torch.manual_seed(0)
-    assert torch.equal(random_crop(images, pad), out)  # same seed, same crops
-    assert torch.equal(random_crop(images, 0), images)
+    assert torch.equal(augment(images, pad, flip=False), out)  # same seed, same crops
+    assert torch.equal(augment(images, 0, flip=False), images)
 
 
 def test_flip_mirrors_about_half_of_the_images():
     images = known_images(b=2000, c=1, h=2, w=3)
     torch.manual_seed(0)
-    out = random_flip(images)
+    out = augment(images, pad=0, flip=True)
     flipped = (out == images.flip(-1)).flatten(1).all(1)
     kept = (out == images).flatten(1).all(1)
     assert (flipped ^ kept).all()  # each image is either itself or its mirror, never both (w > 1)
     assert 0.45 < flipped.float().mean() < 0.55
 
 
-def test_augment_without_flip_only_crops():
+def test_crop_and_flip_together_give_a_crop_of_the_image_or_of_its_mirror():
     images, pad = known_images(b=200), 2
     torch.manual_seed(1)
-    out = augment(images, pad, flip=False)
-    assert all(crop_offset(o, i, pad) is not None for o, i in zip(out, images))
-    torch.manual_seed(1)
     out = augment(images, pad, flip=True)
-    mirrored = [crop_offset(o.flip(-1), i, pad) is not None and crop_offset(o, i, pad) is None
-                for o, i in zip(out, images)]
-    assert 0.3 < sum(mirrored) / len(mirrored) < 0.7
+    plain = [crop_offset(o, i, pad) is not None for o, i in zip(out, images)]
+    mirrored = [crop_offset(o.flip(-1), i, pad) is not None for o, i in zip(out, images)]
+    assert all(p != m for p, m in zip(plain, mirrored))  # exactly one of the two, for every image
+    assert 0.35 < sum(mirrored) / len(mirrored) < 0.65
 
 
 def test_normalize_standardises_per_channel():
