@@ -73,8 +73,11 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     history, checkpointing = EpochHistory(run_dir / "history.csv"), cfg.trainer.enable_checkpointing
+    # A redraw every step is a terminal write every step: measurable on a GPU at hundreds of steps/s.
+    progress = [pl.callbacks.TQDMProgressBar(cfg.progress_refresh_rate)] if cfg.trainer.enable_progress_bar else []
     trainer = pl.Trainer(**cfg.trainer, logger=logger, default_root_dir=str(run_dir),
-                         callbacks=[history, *run_callbacks(run_dir, cfg.test_curve, checkpointing), *callbacks])
+                         callbacks=[history, *run_callbacks(run_dir, cfg.test_curve, checkpointing), *progress,
+                                    *callbacks])
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(run_dir) if checkpointing else None)
     val = trainer.callback_metrics
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
