@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-all bench clean
+.PHONY: help venv train test test-all bench report clean
 
 help:  ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ bench: venv  ## Run the benchmarks (parity, data pipeline, default run, memory);
 	$(PY) -m bench.data
 	$(PY) -m bench.default_run
 	$(PY) -m bench.memory
+
+report: venv  ## Table 2 and Figures 2-7 of the sweeps under outputs/sweeps, or ARGS="outputs/sweeps/table2_svhn"
+	$(PY) -m src.report $(or $(ARGS),outputs/sweeps)
 
 clean:  ## Remove run outputs (keeps the virtual env)
 	rm -rf outputs/runs outputs/sweeps lightning_logs

@@ -300,6 +300,8 @@ def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
     """Figs 2/4/6: train and test loss per epoch, baseline against each case, mean ± std over seeds."""
     others = [c for c in sorted(cases, key=lambda c: _order(c, CASE_ORDER)) if c != "baseline"] or ["baseline"]
     histories = {c: [h for h in (read_history(r.dir) for r in g.finished) if h] for c, g in cases.items()}
+    if not any(histories.values()):
+        return None
     fig, axes = plt.subplots(1, len(others), figsize=(max(6.0, 4.2 * len(others)), 4.0), squeeze=False,
                              sharey=True)
     eval_names = set()
@@ -322,12 +324,12 @@ def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{case} vs baseline" if case != "baseline" else "baseline")
+        ax.set_title(f"{case} vs baseline" if case != "baseline" and histories.get("baseline") else case)
         ax.grid(alpha=0.3, which="both", lw=0.5)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("cross-entropy loss (log scale)")
-    kind = " and ".join(sorted(eval_names, reverse=True)) or "no evaluation"
-    fig.suptitle(f"Train and {kind} loss per epoch, mean ± std over seeds\n"
+    kind = "/".join(sorted(eval_names, reverse=True))
+    fig.suptitle(f"Train{' and ' + kind if kind else ''} loss per epoch, mean ± std over seeds\n"
                  f"{_title(dataset, depth, settings, PAPER_FIGURES.get(dataset, ('', ''))[0])}", fontsize=10)
     fig.tight_layout()
     return fig
