@@ -68,14 +68,15 @@ class EpochHistory(pl.Callback):
         self.path = Path(path)
         self.rows: list[dict] = []
         self.ended_epoch = None  # an epoch that ended and has no row yet
-        self.restored = False
         self.resumed_at_epoch = None  # the first epoch this run trained after restoring a checkpoint
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.rows, self.restored = list(state_dict["rows"]), True
+        self.rows = list(state_dict["rows"])
+        # The checkpoint holds the rows of every epoch it has trained: training goes on after the last.
+        self.resumed_at_epoch = self.rows[-1]["epoch"] + 1 if self.rows else 0
 
     def _record(self, trainer: pl.Trainer) -> None:
         if self.ended_epoch is None:
@@ -93,10 +94,9 @@ class EpochHistory(pl.Callback):
         # Rewritten whole from the rows: after a resume it drops rows of epochs past the checkpoint.
         _write_atomic(self.path, write, text=True)
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.restored:
-            self.resumed_at_epoch = trainer.current_epoch
-            log.info("resumed from %s at epoch %d", trainer.ckpt_path, trainer.current_epoch)
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.resumed_at_epoch is not None:
+            log.info("resumed from %s at epoch %d", trainer.ckpt_path, self.resumed_at_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.ended_epoch = trainer.current_epoch

@@ -79,7 +79,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
                          callbacks=[history, *run_callbacks(run_dir, cfg.test_curve, checkpointing), *progress,
                                     *callbacks])
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(run_dir) if checkpointing else None)
-    val = trainer.callback_metrics
+    # A run resumed after its last epoch fits nothing: that epoch's metrics are then in the history.
+    val = trainer.callback_metrics or (history.rows[-1] if history.rows else {})
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     val_error = float(val["val/error"]) if "val/error" in val else None  # read before validate() below resets it
     if module.confusion_figure is not None:

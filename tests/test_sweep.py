@@ -73,6 +73,13 @@ class CrashInEpoch(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
+class CrashInTest(pl.Callback):
+    """The run stops after its last epoch, before the test ends."""
+
+    def on_test_start(self, trainer, pl_module):
+        raise RuntimeError("simulated crash")
+
+
 def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path):
     from src.train import train
 
@@ -96,6 +103,16 @@ def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupte
     assert "curve/test_loss" in history.splitlines()[0]
     a, b = np.load(run_dir / "aux_scores.npz"), np.load(tmp_path / "whole" / "aux_scores.npz")
     assert np.array_equal(a["score"], b["score"]) and len(a["score"]) == len(a["label"]) == len(a["superclass"])
+
+    # Stopped after the last epoch: the resume trains nothing more and gives the same results.
+    run_dir = _mkdir(tmp_path / "in_test")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_cfg(overrides), run_dir, callbacks=[CrashInTest()])
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
+    resumed = train(compose_cfg(overrides), run_dir)
+    assert resumed["resumed_at_epoch"] == 2
+    for key in ("test_error", "test_loss", "val_error"):
+        assert resumed[key] == whole[key]
 
 
 def test_finished_run_dir_is_skipped(run_train, tmp_path):
