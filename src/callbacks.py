@@ -1,7 +1,7 @@
 """Lightning callbacks that ``train.py`` adds to every run: what the report and a resumed run need.
 
 - ``EpochHistory``: ``history.csv``, one row per epoch with every logged epoch metric (Figs 2/4/6).
-- ``TestCurve``: test loss/error per epoch for the paper's loss figures, logged as ``curve/*``.
+- ``PerEpochTestLoss``: test loss/error per epoch for the paper's loss figures, logged as ``curve/*``.
 - ``AuxiliaryScores``: ``aux_scores.npz``, the auxiliary score of every training image (Figs 3/5/7).
 - ``RNGState``: saves the random generators in the checkpoint, so a resumed run continues exactly.
 """
@@ -112,7 +112,7 @@ class EpochHistory(pl.Callback):
         self._record(trainer)
 
 
-class TestCurve(pl.Callback):
+class PerEpochTestLoss(pl.Callback):
     """Test loss and error after every epoch, logged as ``curve/test_loss`` and ``curve/test_error``.
 
     Only for the paper's loss-per-epoch figures: a no-grad, eval-mode pass that changes no weights, no
@@ -184,7 +184,7 @@ def run_callbacks(run_dir: Path, test_curve: bool, checkpoint: bool) -> list[pl.
     ``enable_checkpointing`` (Lightning refuses a ModelCheckpoint otherwise)."""
     callbacks = [AuxiliaryScores(Path(run_dir) / "aux_scores.npz"), RNGState()]
     if test_curve:
-        callbacks.append(TestCurve())
+        callbacks.append(PerEpochTestLoss())
     if checkpoint:
         # One file, last.ckpt, replaced after every epoch: the resume point. Not monitored: nothing is
         # selected on validation.

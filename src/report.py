@@ -132,6 +132,12 @@ def load_runs(sweep_dirs: list[Path]) -> list[Run]:
     return runs
 
 
+def _natural(value) -> tuple:
+    """Sort key: numbers by value (2 before 10), then anything else by its text."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (not number, value if number else 0, str(value))
+
+
 def _order(value, order: list) -> tuple:
     return (order.index(value), "") if value in order else (len(order), str(value))
 
@@ -171,7 +177,7 @@ def table_rows(groups: list[Group]) -> list[dict]:
         seeds = [r.record.get("seed") for r in g.finished]
         failed = [r for r in g.runs if r.status == "failed"]
         unfinished = [r for r in g.runs if not r.finished and r.status != "failed"]
-        epochs = sorted({r.record.get("epochs") for r in g.finished}, key=str)
+        epochs = sorted({r.record.get("epochs") for r in g.finished}, key=_natural)
         flags = []
         if n < EXPECTED_SEEDS:
             flags.append(f"n<{EXPECTED_SEEDS}")
@@ -184,7 +190,7 @@ def table_rows(groups: list[Group]) -> list[dict]:
         if len(epochs) > 1:
             flags.append("mixed epochs")
         row = {"dataset": g.dataset, "depth": g.depth, "settings": g.settings, "case": g.case, "n": n,
-               "seeds": " ".join(str(s) for s in sorted(seeds, key=str)),
+               "seeds": " ".join(str(s) for s in sorted(seeds, key=_natural)),
                "epochs": " ".join(str(e) for e in epochs),
                "test_error_mean": mean, "test_error_std": std,
                "delta_vs_baseline": mean - base if g.case != "baseline" else math.nan,
