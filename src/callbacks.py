@@ -8,7 +8,6 @@
 import contextlib
 import csv
 import logging
-import os
 import random
 from pathlib import Path
 
@@ -19,16 +18,10 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from src.data.pipeline import normalize
+from src.records import write_atomic
 
 log = logging.getLogger(__name__)
 
-
-def _write_atomic(path: Path, write, text: bool) -> None:
-    """``write(file)`` into a temp file, then rename: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") if text else open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def _clean_batches(trainer: pl.Trainer, split: str, device: torch.device):
@@ -92,7 +85,7 @@ class EpochHistory(pl.Callback):
             writer.writerows(self.rows)
 
         # Rewritten whole from the rows: after a resume it drops rows of epochs past the checkpoint.
-        _write_atomic(self.path, write, text=True)
+        write_atomic(self.path, write)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.resumed_at_epoch is not None:
@@ -149,9 +142,9 @@ class AuxiliaryScores(pl.Callback):
                 scores.append(a.squeeze(1).float().cpu())
                 superclasses.append(superclass.cpu())
                 labels.append(label.cpu())
-        _write_atomic(self.path, lambda f: np.savez(
+        write_atomic(self.path, lambda f: np.savez(
             f, score=torch.cat(scores).numpy(), superclass=torch.cat(superclasses).numpy(),
-            label=torch.cat(labels).numpy()), text=False)
+            label=torch.cat(labels).numpy()), binary=True)
 
 
 class RNGState(pl.Callback):

@@ -14,7 +14,6 @@ compared with every Table 1 case by the adjusted Rand index.
 ``train()`` leaves what this needs in ``RUN_DIR/hierarchy.npz`` (``save_discovery_inputs``).
 """
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from src.data.superclasses import CASES, PAPER_CASES, superclass_table
 from src.errors import UserError
+from src.records import write_atomic
 
 FILE = "hierarchy.npz"
 METHODS = ("confusion", "vectors")
@@ -57,17 +57,16 @@ def save_discovery_inputs(run_dir: Path, trainer, module, datamodule, dataset: s
     val = module.val_evaluation
     table = module.hparams.hierarchy if module.has_auxiliary else None
     path = run_dir / FILE
-    tmp = run_dir / (FILE + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f,
-                 val_confusion=val.get("confusion", np.zeros((k, k), dtype=np.int64)),
-                 val_soft_confusion=val.get("soft_confusion", np.zeros((k, k), dtype=np.float32)),
-                 class_vectors=module.net.fc.weight.detach().float().cpu().numpy(),
-                 class_names=np.array([str(c) for c in datamodule.class_names]),
-                 superclasses=np.array(table if table is not None else [], dtype=np.int64),
-                 dataset=np.array(dataset), case=np.array(case),
-                 protocol=np.array(f"inferred ({module.hparams.inferred_rule})" if table is not None else "plain"))
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.savez(
+        f,
+        val_confusion=val.get("confusion", np.zeros((k, k), dtype=np.int64)),
+        val_soft_confusion=val.get("soft_confusion", np.zeros((k, k), dtype=np.float32)),
+        class_vectors=module.net.fc.weight.detach().float().cpu().numpy(),
+        class_names=np.array([str(c) for c in datamodule.class_names]),
+        superclasses=np.array(table if table is not None else [], dtype=np.int64),
+        dataset=np.array(dataset), case=np.array(case),
+        protocol=np.array(f"inferred ({module.hparams.inferred_rule})" if table is not None else "plain")),
+        binary=True)
     return path
 
 

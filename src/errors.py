@@ -11,3 +11,7 @@ class DataMissingError(UserError):
 
 class DivergenceError(UserError):
     """The training loss became non-finite."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value is out of its valid range (e.g. a depth that is not 6n+4)."""

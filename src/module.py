@@ -81,7 +81,8 @@ class HALModule(pl.LightningModule):
         """Logits and auxiliary score a (None for the baseline) with the given superclass fed as x*."""
         return self.net(images, self.one_hot(superclass))
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss (oracle protocol: the batch's true superclass is x*) and the features y^{N-2}."""
         images, superclass, label = batch
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -93,7 +94,7 @@ class HALModule(pl.LightningModule):
         self.acc[stage + "_"].update(logits.detach(), label)
         if a is not None:
             self._update_aux_stats(stage, y.detach(), a.detach(), superclass)
-        return loss
+        return loss, y
 
     def _update_aux_stats(self, stage: str, y: torch.Tensor, a: torch.Tensor, superclass: torch.Tensor) -> None:
         i = STAGES.index(stage)
@@ -126,24 +127,23 @@ class HALModule(pl.LightningModule):
             self.z_inside[i].zero_()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+        _, y = self._step(batch, "val")
         if self.val_protocols:
-            self._update_protocols(batch, batch_idx, "val")
+            self._update_protocols(y, batch, batch_idx, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
-        self._update_protocols(batch, batch_idx, "test")
+        _, y = self._step(batch, "test")
+        self._update_protocols(y, batch, batch_idx, "test")
 
-    def _update_protocols(self, batch, batch_idx: int, stage: str) -> None:
-        images, superclass, label = batch
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+    def _update_protocols(self, y: torch.Tensor, batch, batch_idx: int, stage: str) -> None:
+        """Every protocol's class scores from the features ``y`` of the batch (computed once)."""
+        _, superclass, label = batch
         # Seeded per batch: the wrong superclasses do not depend on the run seed or the device.
         generator = torch.Generator().manual_seed(self.hparams.shuffle_seed * 1_000_003 + batch_idx)
-        scores = protocol_scores(self.net, self.forward_features(images), superclass, self.hparams.hierarchy,
+        scores = protocol_scores(self.net, y, superclass, self.hparams.hierarchy,
                                  self.hparams.inferred_rule, generator if stage == "test" else None)
         if stage == "val":
             # Validation feeds discovery, so it never uses the true superclass of an image (inferred).
@@ -185,7 +185,7 @@ class HALModule(pl.LightningModule):
         if not math.isfinite(loss.item()):
             raise DivergenceError(
                 f"training loss became non-finite in epoch {self.current_epoch}; "
-                f"lower optimizer.lr (now {self.trainer.optimizers[0].defaults['lr']}) or add momentum/warm-up")
+                f"lower optimizer.lr (now {self.trainer.optimizers[0].defaults['lr']}) or set trainer.gradient_clip_val")
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:

@@ -1,8 +1,5 @@
 """Entry point: ``python -m src.train dataset=digits case=case1`` (Hydra overrides)."""
-import json
 import logging
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -21,23 +18,11 @@ from src.discover import save_discovery_inputs
 from src.errors import UserError
 from src.evaluation import evaluation_options
 from src.module import HALModule
+from src.records import git_commit, read_record, record_failure, write_json
 
 log = logging.getLogger(__name__)
 
 
-def write_json(path: Path, record: dict) -> None:
-    """Atomic write: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> dict:
@@ -102,6 +87,7 @@ def main(cfg: DictConfig) -> dict:
     try:
         return train(cfg, run_dir)
     except Exception as e:
+        e = user_error(e) or e
         record = record_failure(run_dir, e, cfg)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One failed job must not stop the sweep: its metrics.json says failed, the report lists it.
@@ -118,20 +104,14 @@ def main(cfg: DictConfig) -> dict:
         raise
 
 
-def read_record(run_dir: Path) -> dict:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def record_failure(run_dir: Path, error: BaseException, cfg: DictConfig) -> dict:
-    record = read_record(run_dir)
-    # A job that fails before train() writes its record (a bad mapping) still needs its report group.
-    for key, path in (("dataset", "dataset.name"), ("case", "case.name"), ("depth", "model.depth"),
-                      ("seed", "seed"), ("epochs", "trainer.max_epochs")):
-        record.setdefault(key, OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False))
-    record.update(status="failed", error=f"{type(error).__name__}: {error}")
-    write_json(run_dir / "metrics.json", record)
-    return record
+def user_error(error: BaseException):
+    """The UserError behind ``error``, if any: ``hydra.utils.instantiate`` wraps whatever a constructor
+    raises (a bad folder, a bad depth) in an InstantiationException, whose message is a traceback summary."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__
+    return error
 
 
 def quote_depth(arg: str) -> str:

@@ -97,3 +97,17 @@ def test_depth_override_on_the_command_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["depth"] == 16
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.depth=12", "error: model.depth must be 6n+4"),
+    ("dataset.val_size=1.5", "error: dataset.val_size as a fraction must be in [0, 1)"),
+])
+def test_constructor_errors_are_one_line(tmp_path, override, message):
+    """hydra.utils.instantiate wraps constructor errors; the user still gets one line, not a traceback."""
+    proc = subprocess.run([sys.executable, "-m", "src.train", override, f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"

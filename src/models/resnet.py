@@ -11,6 +11,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from src.errors import ConfigError
 from src.models.auxiliary import AuxiliaryBlock
 
 
@@ -36,7 +37,7 @@ class PreActBlock(nn.Module):
 
 def blocks_per_stage(depth: int) -> int:
     if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
+        raise ConfigError(f"model.depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
     return (depth - 4) // 6
 
 
@@ -57,7 +58,7 @@ class PreActResNet(nn.Module):
         super().__init__()
         n = blocks_per_stage(depth)
         if widen_factor < 1:
-            raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
+            raise ConfigError(f"model.widen_factor must be >= 1, got {widen_factor}")
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.depth = depth
         self.conv = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
