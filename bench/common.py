@@ -41,6 +41,12 @@ def synthetic_overrides(shape: str, num_train: int, num_test: int = 512) -> list
             "dataset.pad=4", "dataset.flip=true", f"model.depth={depth}"]
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the GPU before reading a clock (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def emit(record: dict) -> None:
     print(json.dumps(record, indent=2))
     sys.stdout.flush()

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from bench.common import SyntheticDataModule, emit
+from bench.common import SyntheticDataModule, emit, sync
 
 BATCH = 128
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -69,11 +69,6 @@ def torchvision_images_per_s(images: np.ndarray, labels: np.ndarray, workers: in
     return n / (time.perf_counter() - start)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-images", type=int, default=20000)
@@ -95,7 +90,7 @@ def main() -> None:
     in_memory = in_memory_images_per_s(dm, torch.device(args.device))
     per_image = {str(w): torchvision_images_per_s(hwc, labels.numpy(), w) for w in args.workers}
     best = max(per_image, key=per_image.get)
-    emit({"batch_size": BATCH, "num_images": args.num_images, "device": args.device,
+    emit({"bench": "data", "batch_size": BATCH, "num_images": args.num_images, "device": args.device,
           "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
           "in_memory_images_per_s": round(in_memory),
           "torchvision_images_per_s_by_workers": {w: round(v) for w, v in per_image.items()},

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from bench.common import SHAPES, emit, synthetic_overrides
+from bench.common import SHAPES, emit, sync, synthetic_overrides
 from src.data.pipeline import augment, normalize
-from src.data.superclasses import resolve_case
+from src.train import build_datamodule, train
 
 WARMUP_EPOCHS = 1
 
@@ -29,11 +29,6 @@ def compose(overrides: list[str]):
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class EpochTimer(pl.Callback):
@@ -62,8 +57,8 @@ class StepLosses(pl.Callback):
 
 def build(cfg, device: torch.device):
     """Datamodule and net exactly as train(cfg) builds them (same RNG draws in the same order)."""
-    datamodule = instantiate({k: v for k, v in cfg.dataset.items() if k not in ("name", "depth")})
-    datamodule.superclasses = table = resolve_case(cfg.case, cfg.dataset.name, datamodule.class_names)
+    datamodule = build_datamodule(cfg)
+    table = datamodule.superclasses
     datamodule.setup()
     net = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.image_shape[0],
                       num_superclasses=max(table) + 1 if table else None)
@@ -121,7 +116,6 @@ def raw_loop(cfg, device: torch.device, channels_last: bool, max_steps: int = No
 
 
 def framework(cfg, device: torch.device, run_dir: Path) -> float:
-    from src.train import train
 
     timer = EpochTimer(device)
     run_dir.mkdir(parents=True)

@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 
 
+def build_datamodule(cfg: DictConfig):
+    """The dataset's datamodule with the case's class -> superclass table attached (None: baseline)."""
+    # name and depth describe the dataset for the config; superclass_file is read by case=custom.
+    datamodule = instantiate({k: v for k, v in cfg.dataset.items() if k not in ("name", "depth", "superclass_file")})
+    datamodule.superclasses = resolve_case(cfg.case, cfg.dataset.name, datamodule.class_names)
+    return datamodule
+
+
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> dict:
     """Fit on train (+val), test once with the final weights, write ``run_dir/metrics.json``.
 
@@ -38,9 +46,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     start = time.time()
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    # dataset.superclass_file is read by case=custom (conf/case/custom.yaml), not by the datamodule.
-    datamodule = instantiate({k: v for k, v in cfg.dataset.items() if k not in ("name", "depth", "superclass_file")})
-    datamodule.superclasses = table = resolve_case(cfg.case, cfg.dataset.name, datamodule.class_names)
+    datamodule = build_datamodule(cfg)
+    table = datamodule.superclasses
     num_superclasses = max(table) + 1 if table is not None else 0
     evaluation = evaluation_options(cfg.eval, table, cfg.dataset.name)
     record = {"dataset": cfg.dataset.name, "case": cfg.case.name, "depth": cfg.model.depth, "seed": cfg.seed,
