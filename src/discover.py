@@ -14,6 +14,7 @@ compared with every Table 1 case by the adjusted Rand index.
 ``train()`` leaves what this needs in ``RUN_DIR/hierarchy.npz`` (``save_discovery_inputs``).
 """
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,10 @@ LINKAGES = ("average", "complete", "single", "weighted")  # those valid on non-E
 
 class DiscoveryError(UserError):
     """Discovery cannot run on this input."""
+
+
+NO_VALIDATION = ("has no validation predictions (dataset.val_size=0); the confusion method uses validation data "
+                 "only, never the test set")
 
 
 # --- what a run leaves behind ---------------------------------------------------------------------
@@ -143,20 +148,52 @@ def write_mapping(path: Path, table: Sequence[int], class_names: Sequence[str], 
     path.write_text("".join(f"# {line}\n" for line in header) + yaml.safe_dump(groups, sort_keys=False))
 
 
-def discover(run_dir: Path, k: int, methods: Sequence[str] = METHODS, confusion: str = "soft",
+def train_command(run_dir: Path, dataset: str, mapping: Path) -> str:
+    """The command that trains on ``mapping``: the run's dataset, and for ``folder`` its images (from the
+    run's ``.hydra/config.yaml``; a placeholder where that is missing)."""
+    args = [f"dataset={dataset}", "case=custom", _override("case.file", mapping)]
+    if dataset == "folder":
+        root = (_saved_config(run_dir).get("dataset") or {}).get("root")
+        args.insert(1, _override("dataset.root", root) if root else "dataset.root=PATH/TO/IMAGES")
+    return "python -m src.train " + " ".join(args)
+
+
+def _override(key: str, value) -> str:
+    """``key=value`` for Hydra on a shell line; quoted where Hydra would misread it (a sweep's job dir holds
+    ``=`` and ``,``: ``.../case=case1,seed=0/...``)."""
+    value = str(value)
+    if all(c.isalnum() or c in "/._-" for c in value):
+        return f"{key}={value}"
+    return shlex.quote(f"{key}=" + '"' + value.replace('"', '\\"') + '"')
+
+
+def _saved_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        config = None
+    return config if isinstance(config, dict) else {}
+
+
+def discover(run_dir: Path, k: int, methods: Optional[Sequence[str]] = None, confusion: str = "soft",
              method: str = "average", out_dir: Optional[Path] = None) -> dict[str, dict]:
-    """Run discovery; write one mapping file per method; return {method: {table, ari, file}}."""
+    """Run discovery; write one mapping file per method; return {method: {table, ari, file, source}}.
+
+    ``methods=None``: both, or ``vectors`` alone when the run has no validation data (the result then has
+    no ``confusion``). Asking for ``confusion`` on such a run is an error.
+    """
     if confusion not in ("soft", "hard"):
         raise DiscoveryError(f"confusion must be soft or hard, got '{confusion}'")
-    if not methods or set(methods) - set(METHODS):
+    if methods is not None and (not methods or set(methods) - set(METHODS)):
         raise DiscoveryError(f"methods must be among {list(METHODS)}, got {list(methods)}")
     run_dir = Path(run_dir)
     data = load_discovery_inputs(run_dir)
     val_images = int(data["val_confusion"].sum())
-    if "confusion" in methods and val_images == 0:
-        raise DiscoveryError(
-            f"{run_dir} has no validation predictions (dataset.val_size=0?); the confusion method uses validation "
-            "data only, never the test set: rerun with dataset.val_size>0, or use --method vectors")
+    if methods is None:
+        methods = METHODS if val_images else tuple(m for m in METHODS if m != "confusion")
+    elif "confusion" in methods and val_images == 0:
+        raise DiscoveryError(f"{run_dir} {NO_VALIDATION}: rerun with dataset.val_size>0, or use --method vectors")
     distances = {
         "confusion": lambda: confusion_distances(data["val_soft_confusion" if confusion == "soft" else "val_confusion"]),
         "vectors": lambda: vector_distances(data["class_vectors"]),
@@ -169,12 +206,13 @@ def discover(run_dir: Path, k: int, methods: Sequence[str] = METHODS, confusion:
                   if name == "confusion" else "class vectors (rows of the final linear layer, cosine)")
         ari = agreement(table, data["dataset"], data["superclasses"], data["case"])
         path = out_dir / f"{name}_k{k}.yaml"
+        command = train_command(run_dir, data["dataset"], path)
         write_mapping(path, table, data["class_names"], [
             f"{k} superclasses discovered by src.discover from {run_dir}",
             f"method: {name}: {method} linkage on {source}",
             "adjusted Rand index: " + ", ".join(f"{c} {v:.3f}" for c, v in ari.items()),
-            f"train: python -m src.train dataset={data['dataset']} case=custom case.file={path}"])
-        results[name] = {"table": table, "ari": ari, "file": path, "source": source}
+            f"train: {command}"])
+        results[name] = {"table": table, "ari": ari, "file": path, "source": source, "command": command}
     return results
 
 
@@ -182,18 +220,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m src.discover", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a finished run directory (holds hierarchy.npz)")
     parser.add_argument("--k", type=int, required=True, help="number of superclasses to derive")
-    parser.add_argument("--method", choices=("both", *METHODS), default="both")
+    parser.add_argument("--method", choices=("both", *METHODS), default="both",
+                        help="both (default): confusion and vectors, vectors alone on a run without validation data")
     parser.add_argument("--confusion", choices=("soft", "hard"), default="soft",
                         help="soft: summed predicted probabilities (default); hard: counts of argmax predictions")
     parser.add_argument("--linkage", choices=LINKAGES, default="average")
     parser.add_argument("--out", type=Path, default=None, help="where to write the mappings (RUN_DIR/discovered)")
     args = parser.parse_args(argv)
     try:
-        results = discover(args.run_dir, args.k, METHODS if args.method == "both" else (args.method,),
+        results = discover(args.run_dir, args.k, None if args.method == "both" else (args.method,),
                            args.confusion, args.linkage, args.out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    if args.method == "both" and "confusion" not in results:
+        print(f"warning: skipped the confusion method: {args.run_dir} {NO_VALIDATION}", file=sys.stderr)
     data = load_discovery_inputs(args.run_dir)
     names = data["class_names"]
     print(f"{args.k} superclasses for {data['dataset']} from {args.run_dir} (case {data['case']})")
@@ -204,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"\n{name}: {args.linkage} linkage on {result['source']}\n  {groups}")
         print("  adjusted Rand index: " + "  ".join(f"{c} {v:.3f}" for c, v in result["ari"].items()))
         print(f"  wrote {result['file']}")
-        print(f"  train: python -m src.train dataset={data['dataset']} case=custom case.file={result['file']}")
+        print(f"  train: {result['command']}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 
     python -m src.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
 
-Every ``metrics.json`` under the given dirs is one run. Runs are grouped by dataset × depth × case (and by
-any other command-line override of the run, shown as "settings", so that runs made with different
-settings are never averaged together). Only runs whose status is ``finished`` count; failed and
-unfinished ones (still running, or killed) are listed and flagged. Mean ± std are over seeds, with the
-sample standard deviation (ddof=1).
+Every ``metrics.json`` under the given dirs is one run. Runs are grouped by dataset × depth × case, and by
+"settings": the values of the composed config (``.hydra/config.yaml``) in which the runs of a dataset and
+depth differ, so that runs made with different settings are never averaged together. Only runs whose
+status is ``finished`` count; failed and unfinished ones (still running, or killed) are listed and
+flagged. Mean ± std are over seeds, with the sample standard deviation (ddof=1).
 """
 import argparse
 import csv
@@ -46,9 +46,10 @@ PAPER_FIGURES = {"mnist": ("Fig. 2", "Fig. 3"), "svhn": ("Fig. 4", "Fig. 5"), "c
 # Written by the test protocols when present (%), shown as mean ± std beside test_error.
 OPTIONAL_COLUMNS = ["test_error_inferred", "test_error_shuffled", "superclass_acc", "within_superclass_mistakes"]
 EXPECTED_SEEDS = 5
-# Overrides that are the group key itself or only say how to run: not part of a group's "settings".
-NOT_SETTINGS = {"seed", "case", "dataset", "depth", "model.depth", "trainer.accelerator", "trainer.devices",
-                "trainer.enable_progress_bar"}
+# Keys (of the config, or of a command-line override) that are the group key itself, or only say how to run
+# (those left out of a sweep's job dir names, conf/config.yaml): never part of a group's "settings".
+NOT_SETTINGS = {"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth", "model.depth",
+                "experiment", "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar"}
 CASE_ORDER = ["baseline", "case1", "case2", "case3", "case4"]
 DATASET_ORDER = ["mnist", "svhn", "cifar10"]
 
@@ -61,7 +62,8 @@ class ReportError(UserError):
 class Run:
     dir: Path
     record: dict
-    settings: str
+    config: Optional[dict] = None  # the run's .hydra/config.yaml, flattened: {"trainer.max_epochs": "250", ...}
+    settings: str = ""
 
     @property
     def status(self) -> str:
@@ -98,14 +100,65 @@ class Group:
         return PAPER_TABLE2[self.dataset].get(self.case, (None, None))
 
 
-def run_settings(run_dir: Path) -> str:
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ReportError(f"cannot read {path}: {e}") from None
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    """{"trainer": {"max_epochs": 250}} -> {"trainer.max_epochs": "250"}; lists stay whole ("[0.1, 0.2]")."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = _text(value)
+    return flat
+
+
+def run_config(run_dir: Path) -> Optional[dict[str, str]]:
+    """The run's composed config as Hydra saved it (``.hydra/config.yaml``, interpolations unresolved)."""
+    path = run_dir / ".hydra" / "config.yaml"
+    config = _read_yaml(path) if path.exists() else None
+    return flatten(config) if isinstance(config, dict) else None
+
+
+def override_settings(run_dir: Path) -> str:
     """The run's command-line overrides that change what is trained, from Hydra's ``.hydra/overrides.yaml``."""
     path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return ""
-    overrides = yaml.safe_load(path.read_text()) or []
+    overrides = (_read_yaml(path) if path.exists() else None) or []
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_SETTINGS]
     return " ".join(sorted(kept))
+
+
+def assign_settings(runs: list[Run]) -> None:
+    """A run's settings: the config values that differ between the runs of its dataset and depth.
+
+    From the composed config, not the command line, so that ``experiment=table2_svhn`` and the same keys
+    typed by hand are one setting, and a preset never hides what it changed. A key that some runs lack
+    (a config of an older version) is no difference. Runs without ``.hydra/config.yaml`` fall back to their
+    command-line overrides.
+    """
+    buckets: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.config is None:
+            run.settings = override_settings(run.dir)
+        else:
+            buckets[(run.record.get("dataset"), run.record.get("depth"))].append(run)
+    for bucket in buckets.values():
+        values: dict[str, set] = defaultdict(set)
+        for run in bucket:
+            for key, value in run.config.items():
+                values[key].add(value)
+        differing = sorted(k for k, v in values.items() if len(v) > 1 and k not in NOT_SETTINGS)
+        for run in bucket:
+            run.settings = " ".join(f"{k}={run.config[k]}" for k in differing if k in run.config)
 
 
 def load_runs(sweep_dirs: list[Path]) -> list[Run]:
@@ -128,7 +181,8 @@ def load_runs(sweep_dirs: list[Path]) -> list[Run]:
                 raise ReportError(f"{path} holds no JSON object")
             if record.get("status") == "finished" and not isinstance(record.get("test_error"), (int, float)):
                 raise ReportError(f"{path} says finished but has no numeric test_error")
-            runs.append(Run(path.parent, record, run_settings(path.parent)))
+            runs.append(Run(path.parent, record, run_config(path.parent)))
+    assign_settings(runs)
     return runs
 
 
@@ -203,6 +257,27 @@ def table_rows(groups: list[Group]) -> list[dict]:
     return rows
 
 
+def _optimizer(config: dict[str, str]) -> str:
+    """``SGD(lr=1.0, momentum=0.0, ...)`` from a flattened config."""
+    args = [f"{k.removeprefix('optimizer.')}={v}" for k, v in sorted(config.items())
+            if k.startswith("optimizer.") and k not in ("optimizer._target_", "optimizer._partial_")]
+    return f"{config['optimizer._target_'].rsplit('.', 1)[-1]}({', '.join(args)})"
+
+
+def recipe_note(runs: list[Run]) -> str:
+    """One line on the counted runs' gradient clipping and optimiser: the paper has no clipping and names no
+    optimiser (README, "Choices the paper leaves open"). Empty without ``.hydra/config.yaml``."""
+    configs = [r.config for r in runs if r.finished and r.config]
+    clips = sorted({c["trainer.gradient_clip_val"] for c in configs if "trainer.gradient_clip_val" in c})
+    optimizers = sorted({_optimizer(c) for c in configs if "optimizer._target_" in c})
+    parts = []
+    if clips:
+        parts.append(f"gradient clipping `trainer.gradient_clip_val={' / '.join(clips)}` (the paper has none)")
+    if optimizers:
+        parts.append(f"optimiser `{' / '.join(optimizers)}` (the paper names none)")
+    return f"Recipe beyond the paper (README, \"Choices the paper leaves open\"): {'; '.join(parts)}." if parts else ""
+
+
 def markdown(rows: list[dict], runs: list[Run]) -> str:
     optional = [c for c in OPTIONAL_COLUMNS if f"{c}_mean" in (rows[0] if rows else {})]
     show_settings = len({r["settings"] for r in rows}) > 1
@@ -219,7 +294,8 @@ def markdown(rows: list[dict], runs: list[Run]) -> str:
             _signed(r["paper_delta_vs_baseline"])] + \
             [_fmt(r[f"{c}_mean"], r[f"{c}_std"]) for c in optional] + [r["epochs"], r["flags"]]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [
+    note = recipe_note(runs)
+    notes = (["", note] if note else []) + [
         "",
         "Test error with the final weights and the true superclass fed (the paper's protocol). "
         "mean ± std over seeds; std is the sample standard deviation (ddof=1), empty for one seed. "

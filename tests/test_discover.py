@@ -1,4 +1,6 @@
 """Superclass discovery from a finished run's validation data and class vectors."""
+import shlex
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from conftest import FAST, compose_cfg
 from src.data.superclasses import resolve_case
 from src.discover import (
     DiscoveryError, agreement, canonical, cluster, confusion_distances, discover, load_discovery_inputs, main,
-    vector_distances)
+    train_command, vector_distances)
 from src.evaluation import candidate_logits, inferred_scores
 
 # Three interleaved blocks: {0, 4, 7}, {1, 2}, {3, 5, 6, 8}.
@@ -105,6 +107,9 @@ def test_discover_writes_mappings_that_train(hal_run, run_train, capsys):
     for method in ("confusion", "vectors"):
         path = hal_run / "discovered" / f"{method}_k3.yaml"
         assert f"wrote {path}" in out
+        train_line = path.read_text().splitlines()[3]
+        assert train_line.startswith("# train: python -m src.train dataset=digits case=custom")
+        assert f"  train: {train_line.removeprefix('# train: ')}\n" in out
         table = resolve_case({"name": "custom", "file": str(path)}, "digits", [str(d) for d in range(10)])
         assert sorted(set(table)) == [0, 1, 2]
     assert out.count("adjusted Rand index: case1") == 2
@@ -112,16 +117,43 @@ def test_discover_writes_mappings_that_train(hal_run, run_train, capsys):
     assert record["superclasses"] == table
 
 
-def test_discovery_needs_validation_data(run_train, tmp_path, capsys):
+def test_without_validation_data_only_the_vectors_run(run_train, tmp_path, capsys):
     run_train("dataset.val_size=0", "trainer.fast_dev_run=true")
     run = tmp_path / "run"
+    assert list(discover(run, 2)) == ["vectors"]  # class vectors need no data
     with pytest.raises(DiscoveryError, match="no validation predictions.*never the test set"):
-        discover(run, 2)
-    assert discover(run, 2, methods=["vectors"])["vectors"]["file"].exists()  # class vectors need no data
+        discover(run, 2, methods=["confusion"])
+
+    main([str(run), "--k", "2"])  # returns: exit 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"warning: skipped the confusion method: {run} has no validation predictions "
+                                "(dataset.val_size=0); the confusion method uses validation data only, never the "
+                                "test set"]
+    assert "\nvectors: " in out and "confusion:" not in out and (run / "discovered" / "vectors_k2.yaml").exists()
+    assert not (run / "discovered" / "confusion_k2.yaml").exists()
+
     with pytest.raises(SystemExit) as exit_info:
-        main([str(run), "--k", "2"])
+        main([str(run), "--k", "2", "--method", "confusion"])  # asked for by name: an error
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err.startswith("error: ")
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "--method vectors" in err
+
+
+def test_the_train_command_names_the_images_of_a_folder_run_and_quotes_sweep_paths(tmp_path):
+    run = tmp_path / "case=custom,seed=0"
+    mapping = run / "discovered" / "vectors_k2.yaml"
+    assert train_command(run, "svhn", mapping) == \
+        f"python -m src.train dataset=svhn case=custom 'case.file=\"{mapping}\"'"
+    assert train_command(run, "folder", mapping).startswith(
+        "python -m src.train dataset=folder dataset.root=PATH/TO/IMAGES case=custom")  # no .hydra/config.yaml
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("dataset:\n  name: folder\n  root: my pets\n")
+    command = train_command(run, "folder", mapping)
+    # What Hydra reads from that command line: the run's images, the mapping file as it is.
+    overrides = shlex.split(command)[3:]
+    assert overrides[:2] == ["dataset=folder", "dataset.root=\"my pets\""]
+    cfg = compose_cfg(overrides)
+    assert (cfg.dataset.root, cfg.case.name, cfg.case.file) == ("my pets", "custom", str(mapping))
 
 
 def test_missing_run_is_a_clear_error(tmp_path):

@@ -7,15 +7,21 @@ import matplotlib.image
 import numpy as np
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
+from conftest import compose_cfg
 from src.report import group_runs, load_runs, loss_figure, main, table_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(sweep: Path, name: str, overrides=(), history=None, aux=None, **record) -> Path:
+def write_run(sweep: Path, name: str, overrides=(), history=None, aux=None, config=False, **record) -> Path:
+    """A run dir as src.train leaves it; ``config=True``: also ``.hydra/config.yaml``, composed from ``overrides``
+    the way Hydra saves it."""
     run = sweep / name
     (run / ".hydra").mkdir(parents=True)
+    if config:
+        OmegaConf.save(compose_cfg(list(overrides)), run / ".hydra" / "config.yaml")
     record = {"status": "finished", "depth": 10, "epochs": 3, **record}
     (run / "metrics.json").write_text(json.dumps(record))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
@@ -68,6 +74,7 @@ def test_table_has_mean_sample_std_change_vs_baseline_paper_values_and_flags(mni
     assert "| mnist | 10 | case1 | 0.50 ± 0.10 (n=3) | -0.50 | 0.43 ± 0.03 | -0.50 | 0.80 ± 0.10 |" in md
     assert "| mnist | 10 | baseline | 1.00 ± 0.16 (n=5) |  | 0.93 |  |  |" in md
     assert "ddof=1" in md
+    assert "Recipe beyond the paper" not in md  # no .hydra/config.yaml: nothing to say about the recipe
     assert "case=case1,seed=3` (failed): DivergenceError" in md and "case=case1,seed=4` (running)" in md
     with open(mnist_sweep / "table.csv", newline="") as f:
         csv_rows = {r["case"]: r for r in csv.DictReader(f)}
@@ -91,7 +98,8 @@ def test_paper_values_only_for_the_paper_datasets_at_the_paper_depths(tmp_path):
 def test_runs_with_other_settings_form_their_own_groups(tmp_path):
     sweep = tmp_path / "s"
     for seed in (0, 1):
-        write_run(sweep, f"plain{seed}", ["case=case1", f"seed={seed}", "trainer.accelerator=gpu"],
+        run_only = ["trainer.accelerator=gpu"] if seed else ["experiment=smoke"]  # neither is a setting
+        write_run(sweep, f"plain{seed}", ["case=case1", f"seed={seed}", *run_only],
                   dataset="digits", case="case1", seed=seed, test_error=2.0 + seed)
         write_run(sweep, f"lr{seed}", ["case=case1", f"seed={seed}", "optimizer.lr=0.1"],
                   dataset="digits", case="case1", seed=seed, test_error=5.0)
@@ -99,6 +107,43 @@ def test_runs_with_other_settings_form_their_own_groups(tmp_path):
     assert [(r["settings"], r["n"], r["test_error_mean"]) for r in rows] == [("", 2, 2.5), ("optimizer.lr=0.1", 2, 5.0)]
     assert main([str(sweep)]) == 0
     assert "| settings |" in (sweep / "table.md").read_text()
+
+
+def test_a_preset_run_and_the_same_run_by_hand_share_a_group_and_its_baseline(tmp_path):
+    sweep = tmp_path / "s"
+    # SVHN: the preset's baseline, and case1 with the preset's keys typed by hand: one setting.
+    write_run(sweep, "preset", ["experiment=table2_svhn", "case=baseline", "seed=0"], config=True,
+              dataset="svhn", depth=28, case="baseline", seed=0, test_error=4.0)
+    write_run(sweep, "by_hand", ["dataset=svhn", "dataset.val_size=0", "trainer.max_epochs=250", "test_curve=true",
+                                 "case=case1", "seed=0", "trainer.accelerator=cpu"], config=True,
+              dataset="svhn", depth=28, case="case1", seed=0, test_error=3.0)
+    # Digits: the smoke preset and a plain run differ in epochs, validation and test curve: never averaged.
+    for name, preset in (("smoke", ["experiment=smoke"]), ("plain", [])):
+        write_run(sweep, name, [*preset, "case=baseline", "seed=0"], config=True, dataset="digits", depth=10,
+                  case="baseline", seed=0, test_error=2.0)
+    rows = table_rows(group_runs(load_runs([sweep])))
+    assert [(r["dataset"], r["case"], r["settings"], r["n"]) for r in rows] == [
+        ("svhn", "baseline", "", 1), ("svhn", "case1", "", 1),
+        ("digits", "baseline", "dataset.val_size=0 test_curve=true trainer.max_epochs=3", 1),
+        ("digits", "baseline", "dataset.val_size=0.1 test_curve=false trainer.max_epochs=30", 1)]
+    assert rows[1]["delta_vs_baseline"] == pytest.approx(-1.0)
+
+
+def test_the_recipe_keys_the_paper_leaves_open_are_noted_under_the_table(tmp_path, capsys):
+    sweep = tmp_path / "s"
+    for seed in (0, 1):
+        clip = ["trainer.gradient_clip_val=null"] if seed else []
+        write_run(sweep, f"r{seed}", ["experiment=table2_mnist", "case=baseline", f"seed={seed}", *clip],
+                  config=True, dataset="mnist", case="baseline", seed=seed, test_error=1.0)
+    write_run(sweep, "failed", ["experiment=table2_mnist", "case=case1", "optimizer.momentum=0.9"], config=True,
+              dataset="mnist", case="case1", seed=0, status="failed", error="boom")
+    assert main([str(sweep)]) == 0
+    note = ('Recipe beyond the paper (README, "Choices the paper leaves open"): gradient clipping '
+            '`trainer.gradient_clip_val=1.0 / null` (the paper has none); optimiser '
+            '`SGD(lr=1.0, momentum=0.0, nesterov=false, weight_decay=0.0)` (the paper names none).')
+    md = (sweep / "table.md").read_text()
+    assert md.split("\n\n")[1] == note  # right under the table; the failed run's momentum is not counted
+    assert note in capsys.readouterr().out
 
 
 def test_several_sweep_dirs_are_reported_together(mnist_sweep, tmp_path):

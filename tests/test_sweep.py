@@ -1,5 +1,6 @@
 """Sweeps: presets, sweep dir names, launchers, skip / resume / fault tolerance, end to end with the report."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import CONF, compose_cfg
 
@@ -22,19 +24,31 @@ def compose_with_hydra(overrides):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
-@pytest.mark.parametrize("preset, dataset, depth", [
-    ("table2_mnist", "mnist", 10), ("table2_svhn", "svhn", 28), ("table2_cifar10", "cifar10", 28),
-    ("smoke", "digits", 10)])
-def test_presets_sweep_five_seeds_times_five_cases_with_the_paper_recipe(preset, dataset, depth):
+TABLE2 = ["dataset.val_size=0", "trainer.max_epochs=250", "test_curve=true"]
+
+
+def sweep_values(params) -> dict[str, list[str]]:
+    """The values a sweeper's params expand to: {"seed": ["0", ..., "4"], "case": [...]}."""
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return {o.key_or_group: list(o.sweep_string_iterator()) for o in parsed}
+
+
+@pytest.mark.parametrize("preset, by_hand, depth, epochs", [
+    ("table2_mnist", ["dataset=mnist", *TABLE2], 10, 250),
+    ("table2_svhn", ["dataset=svhn", *TABLE2], 28, 250),
+    ("table2_cifar10", ["dataset=cifar10", *TABLE2], 28, 250),
+    ("smoke", ["dataset=digits", "dataset.val_size=0", "trainer.max_epochs=3", "test_curve=true",
+               "trainer.enable_progress_bar=false"], 10, 3)])
+def test_presets_sweep_five_seeds_times_five_cases_with_the_paper_recipe(preset, by_hand, depth, epochs):
     cfg = compose_with_hydra([f"experiment={preset}"])
     assert cfg.hydra.sweep.dir == f"outputs/sweeps/{preset}"
-    params = cfg.hydra.sweeper.params
-    assert params.case.split(",") == CASES and params.seed == "range(0,5)"
-    assert (cfg.dataset.name, cfg.model.depth, cfg.dataset.batch_size) == (dataset, depth, 128)
-    assert cfg.trainer.max_epochs == (3 if preset == "smoke" else 250)
-    assert cfg.test_curve is True and cfg.dataset.val_size == 0
-    # The paper's optimiser schedule is the default one: cosine from LR 1.0.
-    assert (cfg.optimizer.lr, cfg.lr_min) == (1.0, 0.0)
+    assert sweep_values(cfg.hydra.sweeper.params) == {"case": CASES, "seed": ["0", "1", "2", "3", "4"]}
+    assert (cfg.dataset.name, cfg.model.depth, cfg.trainer.max_epochs) == (by_hand[0].split("=")[1], depth, epochs)
+    assert cfg.dataset.val_size == 0 and cfg.test_curve is True and cfg.dataset.batch_size == 128
+    # The defaults: cosine from LR 1.0 to 0 (the paper), gradient clipping at 1.0 (not the paper, README).
+    assert (cfg.optimizer.lr, cfg.lr_min, cfg.trainer.gradient_clip_val) == (1.0, 0.0, 1.0)
+    # The preset sets nothing else: the same config as the dataset's defaults with those keys by hand.
+    assert compose_cfg([f"experiment={preset}"]) == compose_cfg(by_hand)
 
 
 def test_sweep_job_dirs_are_named_by_their_overrides_without_timestamps():
@@ -127,14 +141,39 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _sweep(sweep_dir: Path, log: Path, popen: bool = False):
+KILLED = "case=case1,seed=0"  # the third job: the two baseline jobs before it finish
+# `python -m src.train ARGS`, except that job KILLED never returns from its first checkpoint save: it touches
+# $HAL_TEST_SAVED and hangs right after writing last.ckpt of epoch 0 of 2, so the kill lands there however fast
+# the machine is (an epoch of digits takes well under a second).
+HANG_AFTER_FIRST_CHECKPOINT = f"""
+import os, pathlib, runpy, time
+import pytorch_lightning as pl
+
+save = pl.Trainer.save_checkpoint
+
+def save_and_hang(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    if pathlib.Path(self.default_root_dir).name == "{KILLED}{EPOCHS}":
+        open(os.environ["HAL_TEST_SAVED"], "w").close()
+        time.sleep(600)
+
+pl.Trainer.save_checkpoint = save_and_hang
+runpy.run_module("src.train", run_name="__main__")
+"""
+
+
+def _sweep(sweep_dir: Path, log: Path, saved: Path = None):
+    """The sweep, to its end; with ``saved``, started in the background and hung in job KILLED."""
     # 2 seeds × {baseline, case1} on digits, plus case=custom without a mapping: two jobs that fail.
-    cmd = [sys.executable, "-m", "src.train", "-m", "experiment=smoke", "seed=0,1", "case=baseline,case1,custom",
-           "trainer.max_epochs=2", "trainer.accelerator=cpu", f"hydra.sweep.dir={sweep_dir}"]
+    args = ["-m", "experiment=smoke", "seed=0,1", "case=baseline,case1,custom", "trainer.max_epochs=2",
+            "trainer.accelerator=cpu", f"hydra.sweep.dir={sweep_dir}"]
     with open(log, "w") as out:
-        if popen:
-            return subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
-        return subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+        if saved:
+            return subprocess.Popen([sys.executable, "-c", HANG_AFTER_FIRST_CHECKPOINT, *args], cwd=ROOT,
+                                    env={**os.environ, "HAL_TEST_SAVED": str(saved)}, stdout=out,
+                                    stderr=subprocess.STDOUT, text=True)
+        return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=ROOT, stdout=out,
+                              stderr=subprocess.STDOUT, text=True)
 
 
 def _records(sweep_dir: Path) -> dict[str, dict]:
@@ -143,37 +182,42 @@ def _records(sweep_dir: Path) -> dict[str, dict]:
 
 
 def test_sweep_is_killed_resumed_skipped_and_reported(tmp_path, capsys):
+    from src.report import group_runs, load_runs, table_rows
     from src.report import main as report_main
 
     sweep = tmp_path / "sweep"
-    # 1. Kill the sweep (SIGKILL) as soon as its first job has saved the checkpoint of epoch 0 of 2.
-    proc = _sweep(sweep, tmp_path / "log1.txt", popen=True)
-    deadline = time.time() + 600
-    while proc.poll() is None and time.time() < deadline and not list(sweep.glob("*/checkpoints/last.ckpt")):
+    # 1. Kill the sweep (SIGKILL) once its third job has saved the checkpoint of epoch 0 of 2.
+    saved = tmp_path / "saved"
+    proc = _sweep(sweep, tmp_path / "log1.txt", saved=saved)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not saved.exists():
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    killed = {name: r for name, r in _records(sweep).items()}
-    assert list(killed) == ["case=baseline,seed=0"], (tmp_path / "log1.txt").read_text()[-3000:]
-    assert killed["case=baseline,seed=0"]["status"] == "running"
+    log1 = (tmp_path / "log1.txt").read_text()
+    assert saved.exists(), log1[-3000:]
+    assert {k: r["status"] for k, r in _records(sweep).items()} == {
+        "case=baseline,seed=0": "finished", "case=baseline,seed=1": "finished", KILLED: "running"}, log1[-3000:]
     # Nothing a killed run leaves counts as finished.
-    assert report_main([str(sweep)]) == 0
-    rows = {r.split("|")[3].strip(): r for r in (sweep / "table.md").read_text().splitlines()[2:] if r.startswith("|")}
-    assert "(n=0)" in rows["baseline"] and "1 unfinished" in rows["baseline"]
+    rows = {r["case"]: r for r in table_rows(group_runs(load_runs([sweep])))}
+    assert rows["case1"]["n"] == 0 and rows["case1"]["flags"] == "n<5; 1 unfinished"
+    done = {k: (sweep / (k + EPOCHS) / "metrics.json").read_bytes() for k in ("case=baseline,seed=0",
+                                                                                "case=baseline,seed=1")}
 
-    # 2. The same command again: the killed job resumes at epoch 1, the others run, custom fails alone.
+    # 2. The same command again: the finished jobs are skipped, their results untouched; the killed job
+    # resumes at epoch 1, the others run, custom fails alone.
     proc = _sweep(sweep, tmp_path / "log2.txt")
     log2 = (tmp_path / "log2.txt").read_text()
-    assert proc.returncode == 0, log2[-3000:]
+    assert proc.returncode == 0 and log2.count("already finished") == 2, log2[-3000:]
+    assert {k: (sweep / (k + EPOCHS) / "metrics.json").read_bytes() for k in done} == done
     assert f"error: case=custom,seed=0{EPOCHS}: case=custom needs" in log2
     records = _records(sweep)
     finished = {k: r for k, r in records.items() if r["status"] == "finished"}
     assert sorted(finished) == ["case=baseline,seed=0", "case=baseline,seed=1", "case=case1,seed=0",
                                 "case=case1,seed=1"]
     assert {k: r["resumed_at_epoch"] for k, r in finished.items()} == {
-        "case=baseline,seed=0": 1, "case=baseline,seed=1": None, "case=case1,seed=0": None,
-        "case=case1,seed=1": None}
-    history = (sweep / f"case=baseline,seed=0{EPOCHS}" / "history.csv").read_text().splitlines()
+        "case=baseline,seed=0": None, "case=baseline,seed=1": None, KILLED: 1, "case=case1,seed=1": None}
+    history = (sweep / f"{KILLED}{EPOCHS}" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]  # each epoch once: not restarted
     assert [records[f"case=custom,seed={s}"]["status"] for s in (0, 1)] == ["failed", "failed"]
 
@@ -181,8 +225,6 @@ def test_sweep_is_killed_resumed_skipped_and_reported(tmp_path, capsys):
     capsys.readouterr()
     assert report_main([str(sweep)]) == 0
     printed = capsys.readouterr().out
-    from src.report import group_runs, load_runs, table_rows
-
     rows = {r["case"]: r for r in table_rows(group_runs(load_runs([sweep])))}
     assert sorted(rows) == ["baseline", "case1", "custom"]
     for case in ("baseline", "case1"):
@@ -205,9 +247,3 @@ def test_sweep_is_killed_resumed_skipped_and_reported(tmp_path, capsys):
         assert matplotlib.image.imread(sweep / name).shape[2] in (3, 4)
     assert list((sweep / "tb").glob("events.out.tfevents.*"))
 
-    # 4. Once more: the four finished jobs are skipped, their results untouched.
-    before = {k: (sweep / (k + EPOCHS) / "metrics.json").read_bytes() for k in finished}
-    proc = _sweep(sweep, tmp_path / "log3.txt")
-    log3 = (tmp_path / "log3.txt").read_text()
-    assert proc.returncode == 0 and log3.count("already finished") == 4, log3[-3000:]
-    assert {k: (sweep / (k + EPOCHS) / "metrics.json").read_bytes() for k in finished} == before
