@@ -39,3 +39,12 @@ def test_compiled_run_trains(run_train):
     record = run_train("compile=true", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
                        "+trainer.limit_test_batches=1")
     assert record["status"] == "finished" and 0 <= record["test_error"] <= 100
+
+
+def test_bf16_mixed_path_runs_end_to_end(run_train):
+    """The GPU default precision, exercised with CPU autocast: every dtype hand-off (auxiliary-score
+    statistics, test protocols, end-of-run passes) must cope with bf16 activations."""
+    record = run_train("trainer.precision=bf16-mixed", "case=case4", "trainer.max_epochs=2")
+    assert record["status"] == "finished"
+    assert 0 <= record["test_error"] <= 100 and record["test_error_inferred"] is not None
+    assert record["test_error_oracle"] == pytest.approx(record["test_error"], abs=1e-3)
