@@ -49,7 +49,8 @@ EXPECTED_SEEDS = 5
 # Keys (of the config, or of a command-line override) that are the group key itself, or only say how to run
 # (those left out of a sweep's job dir names, conf/config.yaml): never part of a group's "settings".
 NOT_SETTINGS = {"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth", "model.depth",
-                "experiment", "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar"}
+                "experiment", "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar",
+                "progress_refresh_rate", "dataset.data_dir", "dataset.download", "dataset.on_device"}
 CASE_ORDER = ["baseline", "case1", "case2", "case3", "case4"]
 DATASET_ORDER = ["mnist", "svhn", "cifar10"]
 

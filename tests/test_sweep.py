@@ -57,6 +57,9 @@ def test_sweep_job_dirs_are_named_by_their_overrides_without_timestamps():
     plain = compose_with_hydra(["case=case1", "seed=0", "optimizer.lr=0.1"])
     assert plain.hydra.sweep.dir == "outputs/sweeps/multirun"
     assert plain.hydra.job.override_dirname == "case=case1,optimizer.lr=0.1,seed=0"
+    # Where the data lives is no setting: a path in the dir name would also nest dirs.
+    located = compose_with_hydra(["case=case1", "seed=0", "dataset.data_dir=../shared/data", "dataset.download=false"])
+    assert located.hydra.job.override_dirname == "case=case1,seed=0"
 
 
 def test_local_sweeps_run_one_job_after_another_by_default():
