@@ -1,4 +1,4 @@
-"""Sweep dirs -> the paper's Table 2 (``table.md``, ``table.csv``) and Figures 2-7 (PNG + TensorBoard).
+"""Sweep dirs -> the paper's Table 2 (``table.md``, ``table.csv``) and Figures 2-7 (``src.figures``).
 
     python -m src.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
 
@@ -13,23 +13,17 @@ import csv
 import json
 import math
 import os
-import re
 import sys
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import matplotlib
+import numpy as np
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import yaml  # noqa: E402
-
-from src.errors import UserError  # noqa: E402
+from src.errors import UserError
+from src.figures import CASE_ORDER, order_key, write_figures
 
 # The paper's Table 2: test error %, mean and std over 5 runs (its baselines have no std). The paper's
 # nets are 10 layers deep for MNIST, 28 for SVHN and CIFAR-10; other depths get no paper value.
@@ -42,7 +36,6 @@ PAPER_TABLE2 = {
                 "case4": (5.13, 0.09)},
 }
 PAPER_DEPTH = {"mnist": 10, "svhn": 28, "cifar10": 28}
-PAPER_FIGURES = {"mnist": ("Fig. 2", "Fig. 3"), "svhn": ("Fig. 4", "Fig. 5"), "cifar10": ("Fig. 6", "Fig. 7")}
 # Written by the test protocols when present (%), shown as mean ± std beside test_error.
 OPTIONAL_COLUMNS = ["test_error_inferred", "test_error_shuffled", "superclass_acc", "within_superclass_mistakes"]
 EXPECTED_SEEDS = 5
@@ -51,7 +44,6 @@ EXPECTED_SEEDS = 5
 NOT_SETTINGS = {"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth", "model.depth",
                 "experiment", "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar",
                 "progress_refresh_rate", "dataset.data_dir", "dataset.download", "dataset.on_device"}
-CASE_ORDER = ["baseline", "case1", "case2", "case3", "case4"]
 DATASET_ORDER = ["mnist", "svhn", "cifar10"]
 
 
@@ -193,18 +185,14 @@ def _natural(value) -> tuple:
     return (not number, value if number else 0, str(value))
 
 
-def _order(value, order: list) -> tuple:
-    return (order.index(value), "") if value in order else (len(order), str(value))
-
-
 def group_runs(runs: list[Run]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for run in runs:
         r = run.record
         key = (str(r.get("dataset", "unknown")), r.get("depth"), run.settings, str(r.get("case", "unknown")))
         groups.setdefault(key, Group(*key)).runs.append(run)
-    return sorted(groups.values(), key=lambda g: (_order(g.dataset, DATASET_ORDER), g.depth or 0, g.settings,
-                                                  _order(g.case, CASE_ORDER)))
+    return sorted(groups.values(), key=lambda g: (order_key(g.dataset, DATASET_ORDER), g.depth or 0, g.settings,
+                                                  order_key(g.case, CASE_ORDER)))
 
 
 def _fmt(mean: float, std: float, digits: int = 2) -> str:
@@ -324,159 +312,6 @@ def write_csv(rows: list[dict], path: Path) -> None:
                              for k, v in r.items()})
 
 
-# ----------------------------------------------------------------------------------------------- figures
-
-def read_history(run_dir: Path) -> dict[str, np.ndarray]:
-    """history.csv -> {column: values indexed by epoch (NaN where missing)}."""
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {}
-    epochs = [int(r["epoch"]) for r in rows]
-    columns = {}
-    for key in rows[0]:
-        values = np.full(max(epochs) + 1, np.nan)
-        for e, r in zip(epochs, rows):
-            values[e] = float(r[key]) if r.get(key) not in (None, "") else np.nan
-        columns[key] = values
-    return columns
-
-
-def curve_band(histories: list[dict], key: str) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Epochs (1-based), mean and std over runs of column ``key``; None if a run lacks it."""
-    if not histories or any(key not in h for h in histories):
-        return None
-    length = max(len(h[key]) for h in histories)
-    stacked = np.full((len(histories), length), np.nan)
-    for i, h in enumerate(histories):
-        stacked[i, :len(h[key])] = h[key]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an epoch that no run reached: NaN, not a warning
-        mean = np.nanmean(stacked, axis=0)
-        std = np.nanstd(stacked, axis=0, ddof=1) if len(histories) > 1 else np.zeros(length)
-    return np.arange(1, length + 1), mean, np.nan_to_num(std)
-
-
-def _panels(groups: list[Group]) -> dict[tuple, dict[str, Group]]:
-    """(dataset, depth, settings) -> {case: group}: one figure each."""
-    panels: dict[tuple, dict[str, Group]] = defaultdict(dict)
-    for g in groups:
-        if g.finished:
-            panels[(g.dataset, g.depth, g.settings)][g.case] = g
-    return panels
-
-
-def _figure_name(kind: str, dataset: str, depth, settings: str, all_settings: set) -> str:
-    slug = "" if len(all_settings) <= 1 or not settings else "_" + re.sub(r"[^\w.=-]+", "_", settings)[:80]
-    return f"{kind}_{dataset}_depth{depth}{slug}"
-
-
-def _title(dataset: str, depth, settings: str, figure: str) -> str:
-    paper = f" (paper {figure})" if figure else ""
-    return f"{dataset}, depth {depth}{', ' + settings if settings else ''}{paper}"
-
-
-def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
-    """Figs 2/4/6: train and test loss per epoch, baseline against each case, mean ± std over seeds."""
-    others = [c for c in sorted(cases, key=lambda c: _order(c, CASE_ORDER)) if c != "baseline"] or ["baseline"]
-    histories = {c: [h for h in (read_history(r.dir) for r in g.finished) if h] for c, g in cases.items()}
-    if not any(histories.values()):
-        return None
-    fig, axes = plt.subplots(1, len(others), figsize=(max(6.0, 4.2 * len(others)), 4.0), squeeze=False,
-                             sharey=True)
-    eval_names = set()
-    for ax, case in zip(axes[0], others):
-        for name, color in [("baseline", "0.45")] + ([(case, "C0")] if case != "baseline" else []):
-            if name not in histories:
-                continue
-            runs = histories[name]
-            eval_key, eval_name = ("curve/test_loss", "test") if curve_band(runs, "curve/test_loss") else \
-                ("val/loss", "validation")
-            for key, style, label in (("train/loss", "-", "train"), (eval_key, "--", eval_name)):
-                band = curve_band(runs, key)
-                if band is None:
-                    continue
-                if key == eval_key:
-                    eval_names.add(eval_name)
-                x, mean, std = band
-                ax.plot(x, mean, style, color=color, label=f"{name} {label} (n={len(runs)})")
-                ax.fill_between(x, np.clip(mean - std, 1e-6, None), mean + std, color=color, alpha=0.2, lw=0)
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"{case} vs baseline" if case != "baseline" and histories.get("baseline") else case)
-        ax.grid(alpha=0.3, which="both", lw=0.5)
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("cross-entropy loss (log scale)")
-    kind = "/".join(sorted(eval_names, reverse=True))
-    fig.suptitle(f"Train{' and ' + kind if kind else ''} loss per epoch, mean ± std over seeds\n"
-                 f"{_title(dataset, depth, settings, PAPER_FIGURES.get(dataset, ('', ''))[0])}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def aux_score_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
-    """Figs 3/5/7: the auxiliary score of every training image at the end of training, by superclass.
-
-    One run per case (its lowest seed): images sorted by superclass, then class.
-    """
-    panels = []
-    for case in sorted(cases, key=lambda c: _order(c, CASE_ORDER)):
-        runs = sorted((r for r in cases[case].finished if (r.dir / "aux_scores.npz").exists()),
-                      key=lambda r: (r.record.get("seed") is None, r.record.get("seed")))
-        if runs:
-            panels.append((case, runs[0]))
-    if not panels:
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 4.2 * len(panels)), 4.0), squeeze=False)
-    for ax, (case, run) in zip(axes[0], panels):
-        data = np.load(run.dir / "aux_scores.npz")
-        score, superclass, label = data["score"], data["superclass"], data["label"]
-        order = np.lexsort((label, superclass))
-        table = run.record.get("superclasses") or []
-        for s in np.unique(superclass):
-            idx = np.flatnonzero(superclass[order] == s)
-            members = ",".join(str(c) for c, t in enumerate(table) if t == s)
-            ax.scatter(idx, score[order][idx], s=2, color=f"C{int(s)}", rasterized=True,
-                       label=f"superclass {s}" + (f": classes {members}" if members else ""))
-        ax.set_xlabel("training image (sorted by superclass, then class)")
-        ax.set_title(f"{case}: seed {run.record.get('seed')}, test error {run.record['test_error']:.2f} %",
-                     fontsize=9)
-        ax.grid(alpha=0.3, lw=0.5)
-        ax.legend(fontsize=7, markerscale=4)
-    axes[0][0].set_ylabel("auxiliary score a = Σ_j |Σ_i w_ij y_i − x*_j|")
-    fig.suptitle(f"Auxiliary score of every training image at the end of training\n"
-                 f"{_title(dataset, depth, settings, PAPER_FIGURES.get(dataset, ('', ''))[1])}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def write_figures(groups: list[Group], out: Path, table: str) -> list[Path]:
-    from torch.utils.tensorboard import SummaryWriter
-
-    written = []
-    panels = _panels(groups)
-    all_settings = {key[2] for key in panels}
-    writer = SummaryWriter(log_dir=str(out / "tb"))
-    try:
-        writer.add_text("table2", table)
-        for (dataset, depth, settings), cases in panels.items():
-            for kind, make in (("loss", loss_figure), ("aux_scores", aux_score_figure)):
-                fig = make(dataset, depth, settings, cases)
-                if fig is None:
-                    continue
-                name = _figure_name(kind, dataset, depth, settings, all_settings)
-                fig.savefig(out / f"{name}.png", dpi=120)
-                writer.add_figure(f"{kind}/{name}", fig, close=True)
-                written.append(out / f"{name}.png")
-    finally:
-        writer.close()
-    return written
-
-
 def report(sweep_dirs: list[Path], out: Optional[Path] = None) -> dict:
     """Write table.md, table.csv and the figures to ``out`` (default: the sweep dir, or the common parent
     of several). Returns {"rows", "markdown", "figures"}."""
@@ -508,7 +343,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     print(result["markdown"])
     print(f"wrote {result['out'] / 'table.md'}, table.csv and {len(result['figures'])} figures "
-          f"({', '.join(p.name for p in result['figures'])}); TensorBoard: tensorboard --logdir {result['out'] / 'tb'}")
+          f"({', '.join(p.name for p in result['figures'])}); TensorBoard: .venv/bin/tensorboard --logdir {result['out'] / 'tb'}")
     return 0
 
 

@@ -10,7 +10,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from src.report import group_runs, load_runs, loss_figure, main, table_rows
+from src.figures import loss_figure
+from src.report import group_runs, load_runs, main, table_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
