@@ -67,10 +67,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     history, checkpointing = EpochHistory(run_dir / "history.csv"), cfg.trainer.enable_checkpointing
     # A redraw every step is a terminal write every step: measurable on a GPU at hundreds of steps/s.
     progress = [pl.callbacks.TQDMProgressBar(cfg.progress_refresh_rate)] if cfg.trainer.enable_progress_bar else []
-    # val_size=0 (the paper's protocol): no validation loop, rather than an empty one Lightning warns about.
-    no_val = {"limit_val_batches": 0} if len(datamodule.splits["val"][0]) == 0 and \
-        "limit_val_batches" not in cfg.trainer else {}
-    trainer = pl.Trainer(**cfg.trainer, **no_val, logger=logger, default_root_dir=str(run_dir),
+    # val_size=0 (the paper's protocol): no validation loop, rather than an empty one logging NaN metrics.
+    trainer_args = {**cfg.trainer, **({"limit_val_batches": 0} if len(datamodule.splits["val"][0]) == 0 else {})}
+    trainer = pl.Trainer(**trainer_args, logger=logger, default_root_dir=str(run_dir),
                          callbacks=[history, *run_callbacks(run_dir, cfg.test_curve, checkpointing), *progress,
                                     *callbacks])
     trainer.fit(module, datamodule=datamodule, ckpt_path=last_checkpoint(run_dir) if checkpointing else None)

@@ -91,11 +91,8 @@ class InMemoryDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> TensorLoader:
         return TensorLoader(self.splits["train"], self.batch_size, shuffle=True, drop_last=False)
 
-    def val_dataloader(self) -> Union[TensorLoader, list]:
-        # val_size=0 (the paper's protocol): no loader at all, so Lightning skips validation instead
-        # of running an empty loop that would log NaN metrics.
-        if len(self.splits["val"][0]) == 0:
-            return []
+    def val_dataloader(self) -> TensorLoader:
+        # Empty with val_size=0 (the paper's protocol); train() then turns the validation loop off.
         return TensorLoader(self.splits["val"], self.eval_batch_size)
 
     def test_dataloader(self) -> TensorLoader:
