@@ -12,3 +12,13 @@ def _on_cuda(accelerator: str) -> bool:
 # Lets one config default to bf16 on GPUs and fp32 on CPUs.
 OmegaConf.register_new_resolver("if_cuda", lambda accelerator, a, b: a if _on_cuda(accelerator) else b,
                                 replace=True)
+
+
+def _default_depth(dataset: str) -> int:
+    from src.paper import default_depth
+
+    return default_depth(dataset)
+
+
+# `${default_depth:${dataset.name}}` in conf/config.yaml: the paper's depth for the dataset (src/paper.py).
+OmegaConf.register_new_resolver("default_depth", _default_depth, replace=True)

@@ -1,38 +1,28 @@
-"""Lightning callbacks that ``train.py`` adds to every run: what the report and a resumed run need.
+"""Every extra pass over data is a callback here, and all of them run through ``eval_batches``.
 
-- ``EpochHistory``: ``history.csv``, one row per epoch with every logged epoch metric (Figs 2/4/6).
 - ``PerEpochTestLoss``: test loss/error per epoch for the paper's loss figures, logged as ``curve/*``.
 - ``AuxiliaryScores``: ``aux_scores.npz``, the auxiliary score of every training image (Figs 3/5/7).
-- ``RNGState``: saves the random generators in the checkpoint, so a resumed run continues exactly.
+- ``TestProtocols``: the test confusions of every protocol (``src.evaluation``), the hierarchy metrics of
+  ``metrics.json`` and ``confusion.png``.
+- ``DiscoveryInputs``: ``hierarchy.npz``, the validation confusion and the class vectors that
+  ``python -m src.discover`` clusters.
+
+None of them changes weights, BatchNorm statistics or random state, and nothing they compute feeds back into
+training or model selection. The callbacks of resuming are in ``src/resume.py``.
 """
 import contextlib
-import csv
-import logging
-import random
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from src.data.pipeline import normalize
+from src.evaluation import PROTOCOLS, confusion_figure, evaluation_record, protocol_scores
 from src.records import write_atomic
-
-log = logging.getLogger(__name__)
-
-
-
-def _clean_batches(trainer: pl.Trainer, split: str, device: torch.device):
-    """Batches of a split normalised but never augmented, with the true superclass."""
-    datamodule = trainer.datamodule
-    images, superclass, label = datamodule.splits[split]
-    mean, std = datamodule.mean.to(device), datamodule.std.to(device)
-    step = datamodule.eval_batch_size
-    for i in range(0, len(label), step):
-        x = images[i:i + step].to(device, non_blocking=True)
-        yield normalize(x, mean, std), superclass[i:i + step].to(device), label[i:i + step].to(device)
 
 
 @contextlib.contextmanager
@@ -47,80 +37,40 @@ def _eval_mode(trainer: pl.Trainer, module: pl.LightningModule):
         module.train(was_training)
 
 
-class EpochHistory(pl.Callback):
-    """``history.csv``: epoch, then every metric in ``trainer.callback_metrics`` at the end of that epoch.
+def eval_batches(trainer: pl.Trainer, module: pl.LightningModule, split: str) -> Iterator[tuple]:
+    """(images, superclass, label) batches of a split, normalised but never augmented, on the module's device,
+    with the module in eval mode. The batches are those of the split's evaluation loader (same size, order)."""
+    datamodule = trainer.datamodule
+    images, superclass, label = datamodule.splits[split]
+    device = module.device
+    mean, std = datamodule.mean.to(device), datamodule.std.to(device)
+    step = datamodule.eval_batch_size
+    with _eval_mode(trainer, module):
+        for i in range(0, len(label), step):
+            x = images[i:i + step].to(device, non_blocking=True)
+            yield normalize(x, mean, std), superclass[i:i + step].to(device), label[i:i + step].to(device)
 
-    An epoch's row is complete only after ``LightningModule.on_train_epoch_end`` has logged ``train/*``,
-    which runs after the callbacks' ``on_train_epoch_end``. So the row is taken when the epoch's
-    checkpoint is saved (after the module's hook), or at the next epoch's start / the end of training
-    when checkpointing is off. The rows travel in the checkpoint: a resumed run keeps epochs 0..k
-    exactly once and continues.
-    """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.rows: list[dict] = []
-        self.ended_epoch = None  # an epoch that ended and has no row yet
-        self.resumed_at_epoch = None  # the first epoch this run trained after restoring a checkpoint
-
-    def state_dict(self) -> dict:
-        return {"rows": self.rows}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.rows = list(state_dict["rows"])
-        # The checkpoint holds the rows of every epoch it has trained: training goes on after the last.
-        self.resumed_at_epoch = self.rows[-1]["epoch"] + 1 if self.rows else 0
-
-    def _record(self, trainer: pl.Trainer) -> None:
-        if self.ended_epoch is None:
-            return
-        self.rows.append({"epoch": self.ended_epoch,
-                          **{k: float(v) for k, v in sorted(trainer.callback_metrics.items())}})
-        self.ended_epoch = None
-        fields = list(dict.fromkeys(k for r in self.rows for k in r))
-
-        def write(f):
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-        # Rewritten whole from the rows: after a resume it drops rows of epochs past the checkpoint.
-        write_atomic(self.path, write)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.resumed_at_epoch is not None:
-            log.info("resumed from %s at epoch %d", trainer.ckpt_path, self.resumed_at_epoch)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.ended_epoch = trainer.current_epoch
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        self._record(trainer)
-        checkpoint["callbacks"][self.state_key] = self.state_dict()
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._record(trainer)
+def confusion_counts(predicted: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """C[true, predicted] of one batch, on the CPU."""
+    index = (label * num_classes + predicted).cpu()
+    return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 class PerEpochTestLoss(pl.Callback):
     """Test loss and error after every epoch, logged as ``curve/test_loss`` and ``curve/test_error``.
 
-    Only for the paper's loss-per-epoch figures: a no-grad, eval-mode pass that changes no weights, no
-    BatchNorm statistics and no random state, and nothing reads it back (no early stopping, no model
+    Only for the paper's loss-per-epoch figures: nothing reads it back (no early stopping, no model
     selection: the final weights are tested).
     """
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loss_sum, wrong, n = 0.0, 0, 0
-        with _eval_mode(trainer, pl_module):
-            for images, superclass, label in _clean_batches(trainer, "test", pl_module.device):
-                logits, _ = pl_module(images, superclass)
-                loss_sum += F.cross_entropy(logits.float(), label, reduction="sum").item()
-                wrong += (logits.argmax(1) != label).sum().item()
-                n += len(label)
+        for images, superclass, label in eval_batches(trainer, pl_module, "test"):
+            logits = pl_module(images, superclass).logits
+            loss_sum += F.cross_entropy(logits.float(), label, reduction="sum").item()
+            wrong += (logits.argmax(1) != label).sum().item()
+            n += len(label)
         pl_module.log("curve/test_loss", loss_sum / n)
         pl_module.log("curve/test_error", 100 * wrong / n)
 
@@ -136,51 +86,84 @@ class AuxiliaryScores(pl.Callback):
         if not pl_module.has_auxiliary:
             return
         scores, superclasses, labels = [], [], []
-        with _eval_mode(trainer, pl_module):
-            for images, superclass, label in _clean_batches(trainer, "train", pl_module.device):
-                _, a = pl_module(images, superclass)
-                scores.append(a.squeeze(1).float().cpu())
-                superclasses.append(superclass.cpu())
-                labels.append(label.cpu())
+        for images, superclass, label in eval_batches(trainer, pl_module, "train"):
+            scores.append(pl_module(images, superclass).auxiliary_score.squeeze(1).float().cpu())
+            superclasses.append(superclass.cpu())
+            labels.append(label.cpu())
         write_atomic(self.path, lambda f: np.savez(
             f, score=torch.cat(scores).numpy(), superclass=torch.cat(superclasses).numpy(),
             label=torch.cat(labels).numpy()), binary=True)
 
 
-class RNGState(pl.Callback):
-    """Saves torch (CPU and CUDA), numpy and Python random states in the checkpoint and restores them on
-    resume, so the shuffling and augmentation of the remaining epochs are those of an uninterrupted run."""
+class TestProtocols(pl.Callback):
+    """After the test pass: one confusion matrix per protocol over the test split, the evaluation fields of
+    ``metrics.json`` (``self.record``), their ``test/*`` logs, and ``confusion.png`` (also in TensorBoard).
 
-    def state_dict(self) -> dict:
-        name, keys, *rest = np.random.get_state()
-        # Plain lists and tensors: torch.load(weights_only=True) rejects numpy arrays.
-        return {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), *rest], "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    ``hierarchy`` is the class -> superclass table of the superclass metrics (None: none). The shuffled
+    protocol's wrong superclasses are drawn per batch from ``shuffle_seed``: they do not depend on the run
+    seed or the device.
+    """
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        torch.set_rng_state(state_dict["torch"])
-        name, keys, *rest = state_dict["numpy"]
-        np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-        random.setstate(state_dict["python"])
-        if state_dict["cuda"] and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+    def __init__(self, run_dir: Path, hierarchy: Optional[Sequence[int]], class_names: Sequence[str],
+                 inferred_rule: str = "softmax", metrics_protocol: str = "inferred", shuffle_seed: int = 0) -> None:
+        self.run_dir, self.hierarchy, self.class_names = Path(run_dir), hierarchy, list(class_names)
+        self.inferred_rule, self.metrics_protocol, self.shuffle_seed = inferred_rule, metrics_protocol, shuffle_seed
+        self.record: dict = {}
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        k = len(self.class_names)
+        confusions: dict[str, torch.Tensor] = {}
+        for batch_idx, (images, superclass, label) in enumerate(eval_batches(trainer, pl_module, "test")):
+            generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + batch_idx)
+            h, extras = pl_module.features(images)
+            scores = protocol_scores(pl_module.net, h, extras, superclass, self.hierarchy, self.inferred_rule,
+                                     generator)
+            for protocol, score in scores.items():
+                counts = confusion_counts(score.argmax(1), label, k)
+                confusions[protocol] = confusions[protocol] + counts if protocol in confusions else counts
+        matrices = {p: confusions[p].numpy() if p in confusions else None for p in PROTOCOLS}
+        vectors = pl_module.net.class_vectors().detach().float().cpu().numpy()
+        self.record = evaluation_record(matrices, self.hierarchy, self.metrics_protocol, vectors)
+        for key, value in self.record.items():
+            if isinstance(value, float):
+                pl_module.log(f"test/{key.removeprefix('test_')}", value)
+        protocol = self.metrics_protocol
+        if matrices[protocol] is not None:
+            figure = confusion_figure(matrices[protocol], self.hierarchy, self.class_names,
+                                      f"test, {protocol} protocol: error {self.record[f'test_error_{protocol}']:.2f} %")
+            figure.savefig(self.run_dir / "confusion.png", dpi=120)
+            add_figure = getattr(getattr(trainer.logger, "experiment", None), "add_figure", None)
+            if add_figure is not None:
+                add_figure("test/confusion", figure, global_step=trainer.global_step, close=False)
 
 
-def last_checkpoint(run_dir: Path):
-    """``run_dir/checkpoints/last.ckpt`` if an earlier, interrupted attempt left one, else None."""
-    path = Path(run_dir) / "checkpoints" / "last.ckpt"
-    return str(path) if path.exists() else None
+class DiscoveryInputs(pl.Callback):
+    """At the end of training, ``hierarchy.npz`` for ``python -m src.discover``: the validation confusion
+    (hard and soft) under the inferred protocol and the class vectors, from validation data and weights only.
 
+    The inferred protocol, not the oracle: feeding the true superclass would write the current superclasses
+    into the confusion matrix that is meant to find new ones. Without validation data the confusions are zero.
+    """
 
-def run_callbacks(run_dir: Path, test_curve: bool, checkpoint: bool) -> list[pl.Callback]:
-    """The callbacks of every run besides ``EpochHistory``; ``checkpoint`` must match the Trainer's
-    ``enable_checkpointing`` (Lightning refuses a ModelCheckpoint otherwise)."""
-    callbacks = [AuxiliaryScores(Path(run_dir) / "aux_scores.npz"), RNGState()]
-    if test_curve:
-        callbacks.append(PerEpochTestLoss())
-    if checkpoint:
-        # One file, last.ckpt, replaced after every epoch: the resume point. Not monitored: nothing is
-        # selected on validation.
-        callbacks.append(ModelCheckpoint(dirpath=Path(run_dir) / "checkpoints", filename="last", monitor=None,
-                                         save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True))
-    return callbacks
+    def __init__(self, path: Path, dataset: str, case: str, superclasses: Optional[Sequence[int]],
+                 class_names: Sequence[str], inferred_rule: str = "softmax") -> None:
+        self.path, self.dataset, self.case = Path(path), dataset, case
+        self.superclasses, self.class_names, self.inferred_rule = superclasses, list(class_names), inferred_rule
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        k = len(self.class_names)
+        hard = torch.zeros(k, k, dtype=torch.long)
+        soft = torch.zeros(k, k, dtype=torch.float32)
+        for images, superclass, label in eval_batches(trainer, pl_module, "val"):
+            h, extras = pl_module.features(images)
+            scores = protocol_scores(pl_module.net, h, extras, superclass, self.superclasses, self.inferred_rule)
+            inferred = scores["inferred"].float()
+            hard += confusion_counts(inferred.argmax(1), label, k)
+            soft.index_add_(0, label.cpu(), inferred.softmax(1).cpu())
+        protocol = f"inferred ({self.inferred_rule})" if pl_module.has_auxiliary else "plain"
+        write_atomic(self.path, lambda f: np.savez(
+            f, val_confusion=hard.numpy(), val_soft_confusion=soft.numpy(),
+            class_vectors=pl_module.net.class_vectors().detach().float().cpu().numpy(),
+            class_names=np.array([str(c) for c in self.class_names]),
+            superclasses=np.array(self.superclasses if self.superclasses is not None else [], dtype=np.int64),
+            dataset=np.array(self.dataset), case=np.array(self.case), protocol=np.array(protocol)), binary=True)

@@ -11,7 +11,7 @@ test set), in two ways:
 Each result is written as a YAML mapping that trains directly (``case=custom case.file=PATH``), and
 compared with every Table 1 case by the adjusted Rand index.
 
-``train()`` leaves what this needs in ``RUN_DIR/hierarchy.npz`` (``save_discovery_inputs``).
+Every run leaves what this needs in ``RUN_DIR/hierarchy.npz`` (``src.callbacks.DiscoveryInputs``).
 """
 import argparse
 import shlex
@@ -26,8 +26,9 @@ from scipy.cluster.hierarchy import cut_tree, linkage
 from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import adjusted_rand_score
 
-from src.data.superclasses import CASES, PAPER_CASES, superclass_table
-from src.errors import UserError
+from src.data.superclasses import superclass_table
+from src.paper import CASES, PAPER_CASES
+from src.errors import UserError, exit_code
 from src.records import write_atomic
 
 FILE = "hierarchy.npz"
@@ -43,37 +44,7 @@ NO_VALIDATION = ("has no validation predictions (dataset.val_size=0); the confus
                  "only, never the test set")
 
 
-# --- what a run leaves behind ---------------------------------------------------------------------
-
-def save_discovery_inputs(run_dir: Path, trainer, module, datamodule, dataset: str, case: str) -> Path:
-    """One extra validation pass under the inferred protocol, then ``run_dir/hierarchy.npz``.
-
-    The inferred protocol, not the oracle: feeding the true superclass would write the current
-    superclasses into the confusion matrix that is meant to find new ones.
-    """
-    k = datamodule.num_classes
-    module.val_evaluation = {}
-    if len(datamodule.val_dataloader()):
-        module.val_protocols = True
-        try:
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-        finally:
-            module.val_protocols = False
-    val = module.val_evaluation
-    table = module.hparams.hierarchy if module.has_auxiliary else None
-    path = run_dir / FILE
-    write_atomic(path, lambda f: np.savez(
-        f,
-        val_confusion=val.get("confusion", np.zeros((k, k), dtype=np.int64)),
-        val_soft_confusion=val.get("soft_confusion", np.zeros((k, k), dtype=np.float32)),
-        class_vectors=module.net.fc.weight.detach().float().cpu().numpy(),
-        class_names=np.array([str(c) for c in datamodule.class_names]),
-        superclasses=np.array(table if table is not None else [], dtype=np.int64),
-        dataset=np.array(dataset), case=np.array(case),
-        protocol=np.array(f"inferred ({module.hparams.inferred_rule})" if table is not None else "plain")),
-        binary=True)
-    return path
-
+# --- what a run leaves behind (src.callbacks.DiscoveryInputs writes it) -----------------------------
 
 def load_discovery_inputs(run_dir: Path) -> dict:
     path = Path(run_dir) / FILE
@@ -230,9 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         results = discover(args.run_dir, args.k, None if args.method == "both" else (args.method,),
                            args.confusion, args.linkage, args.out)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except Exception as e:
+        sys.exit(exit_code(e))
     if args.method == "both" and "confusion" not in results:
         print(f"warning: skipped the confusion method: {args.run_dir} {NO_VALIDATION}", file=sys.stderr)
     data = load_discovery_inputs(args.run_dir)

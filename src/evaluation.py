@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
-from torchmetrics import Metric
 
-from src.data.superclasses import PAPER_CASES, superclass_table
+from src.data.superclasses import superclass_table
+from src.paper import PAPER_CASES
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,15 @@ def evaluation_options(options: Mapping, table: Optional[Sequence[int]], dataset
 
 # --- protocols -------------------------------------------------------------------------------------
 
-def candidate_logits(net: torch.nn.Module, y: torch.Tensor, num_superclasses: int) -> torch.Tensor:
-    """Logits (B, S, K) of the head with every superclass s fed as x* = e_s, from features y (B, l).
+def candidate_logits(net: torch.nn.Module, h: torch.Tensor, extras: dict, num_superclasses: int) -> torch.Tensor:
+    """Logits (B, S, K) with every superclass s fed as x* = e_s, from the block's input h (``forward_features``).
 
-    One head call on S·B rows: the features are computed once.
+    One head call on S·B rows: the layers before the block run once.
     """
-    b = len(y)
-    x_star = torch.eye(num_superclasses, device=y.device).repeat_interleave(b, dim=0)  # s-major, (S·B, S)
-    logits, _ = net.forward_head(y.repeat(num_superclasses, 1), x_star)
+    b = len(h)
+    x_star = torch.eye(num_superclasses, device=h.device).repeat_interleave(b, dim=0)  # s-major, (S·B, S)
+    repeated = {k: v.repeat(num_superclasses, *[1] * (v.dim() - 1)) for k, v in extras.items()}
+    logits = net.forward_head(h.repeat(num_superclasses, *[1] * (h.dim() - 1)), x_star, repeated).logits
     return logits.view(num_superclasses, b, -1).transpose(0, 1)
 
 
@@ -97,28 +98,28 @@ def wrong_superclass(superclass: torch.Tensor, num_superclasses: int, generator:
 
 def protocol_scores(
     net: torch.nn.Module,
-    y: torch.Tensor,
+    h: torch.Tensor,
+    extras: dict,
     superclass: torch.Tensor,
     table: Optional[Sequence[int]],
     rule: str = "softmax",
     generator: Optional[torch.Generator] = None,
 ) -> dict[str, torch.Tensor]:
-    """Scores (B, K) per protocol, from features y; the argmax of each is that protocol's prediction.
+    """Scores (B, K) per protocol, from the block's input h; the argmax of each is that protocol's prediction.
 
     Without an auxiliary block (baseline) x* does not exist: every protocol gets the same logits.
     ``shuffled`` is left out without a ``generator`` or with a single superclass (no wrong one exists).
     """
     if net.auxiliary is None:
-        logits, _ = net.forward_head(y)
-        return dict.fromkeys(PROTOCOLS, logits)
+        return dict.fromkeys(PROTOCOLS, net.forward_head(h, None, extras).logits)
     s = net.auxiliary.num_superclasses
     # The oracle call has the same shape as the training/test step, so its logits match test_error bit for bit.
-    oracle, _ = net.forward_head(y, F.one_hot(superclass, s).to(torch.float32))
-    candidates = candidate_logits(net, y, s)
+    oracle = net.forward_head(h, F.one_hot(superclass, s).to(torch.float32), extras).logits
+    candidates = candidate_logits(net, h, extras, s)
     scores = {"oracle": oracle, "inferred": inferred_scores(candidates, table, rule)}
     if generator is not None and s > 1:
         wrong = wrong_superclass(superclass, s, generator)
-        scores["shuffled"] = candidates[torch.arange(len(y), device=y.device), wrong]
+        scores["shuffled"] = candidates[torch.arange(len(h), device=h.device), wrong]
     return scores
 
 
@@ -236,20 +237,3 @@ def confusion_figure(
                             color="white" if shares[i, j] > 0.5 else "black")
     ax.set_title(title)
     return fig
-
-
-class SoftConfusion(Metric):
-    """Σ over images of true class i of the predicted probability of class j: a confusion matrix that
-    keeps the near-misses a hard argmax hides (an accurate model's hard confusion is almost diagonal)."""
-
-    full_state_update = False
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.add_state("total", torch.zeros(num_classes, num_classes), dist_reduce_fx="sum")
-
-    def update(self, probabilities: torch.Tensor, label: torch.Tensor) -> None:
-        self.total.index_add_(0, label, probabilities.to(self.total.dtype))
-
-    def compute(self) -> torch.Tensor:
-        return self.total

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from src.errors import UserError
+from src.errors import UserError, exit_code
 from src.figures import CASE_ORDER, order_key, write_figures
 
 # The paper's Table 2: test error %, mean and std over 5 runs (its baselines have no std). The paper's
@@ -338,9 +338,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = report(args.sweep_dirs, args.out)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        return exit_code(e)
     print(result["markdown"])
     print(f"wrote {result['out'] / 'table.md'}, table.csv and {len(result['figures'])} figures "
           f"({', '.join(p.name for p in result['figures'])}); TensorBoard: .venv/bin/tensorboard --logdir {result['out'] / 'tb'}")

@@ -24,6 +24,7 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
+        name: Optional[str] = None,
         data_dir: str = "data",
         batch_size: int = 128,
         eval_batch_size: int = 512,
@@ -37,6 +38,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         on_device: bool = True,
     ) -> None:
         super().__init__()
+        self.name = name or type(self).name  # the config's dataset.name: records and reports use it
         if isinstance(val_size, float) and not 0 <= val_size < 1:
             raise DataConfigError(f"dataset.val_size as a fraction must be in [0, 1), got {val_size}")
         if (mean is None) != (std is None):

@@ -26,7 +26,7 @@ class FolderDatasetError(UserError):
 class FolderDataModule(InMemoryDataModule):
     name = "folder"
 
-    def __init__(self, root: Optional[str] = None, image_size: Optional[int] = 32,
+    def __init__(self, root: Optional[str] = None, image_size: Optional[int] = 32, superclass_file: Optional[str] = None,
                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, **kwargs) -> None:
         # mean/std None: measured on the training split, as there are no published statistics.
         super().__init__(mean=mean, std=std, **kwargs)
@@ -36,6 +36,7 @@ class FolderDataModule(InMemoryDataModule):
         if image_size is not None and image_size < 1:
             raise FolderDatasetError(f"dataset.image_size must be a positive number of pixels, got {image_size}")
         self.root, self.image_size = Path(root).expanduser(), image_size
+        self.superclass_file = superclass_file  # read by case=custom (conf/case/custom.yaml), not here
         self.class_names = tuple(sorted(p.name for p in self._class_dirs("train")))
         if not self.class_names:
             raise FolderDatasetError(f"{self.root / 'train'} has no class folders; expected train/<class>/*.png")
