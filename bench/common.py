@@ -38,7 +38,7 @@ def synthetic_overrides(shape: str, num_train: int, num_test: int = 512) -> list
     return ["dataset._target_=bench.common.SyntheticDataModule", f"+dataset.num_train={num_train}",
             f"+dataset.num_test={num_test}", f"+dataset.image_size={size}", f"+dataset.channels={channels}",
             f"dataset.mean={[0.5] * channels}", f"dataset.std={[0.25] * channels}", "dataset.val_size=0",
-            "dataset.pad=4", "dataset.flip=true", f"model.depth={depth}"]
+            "dataset.pad=4", "dataset.flip=true", f"depth={depth}"]
 
 
 def sync(device: torch.device) -> None:

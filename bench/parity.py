@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 
 from bench.common import SHAPES, emit, sync, synthetic_overrides
 from src.data.pipeline import augment, normalize
-from src.train import build_datamodule, train
+from src.train import build, train
 
 WARMUP_EPOCHS = 1
 
@@ -55,23 +55,13 @@ class StepLosses(pl.Callback):
         self.losses.append(outputs["loss"].item())
 
 
-def build(cfg, device: torch.device):
-    """Datamodule and net exactly as train(cfg) builds them (same RNG draws in the same order)."""
-    datamodule = build_datamodule(cfg)
-    table = datamodule.superclasses
-    datamodule.setup()
-    net = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.image_shape[0],
-                      num_superclasses=max(table) + 1 if table else None)
-    return datamodule, net.to(device)
-
-
 def raw_loop(cfg, device: torch.device, channels_last: bool, max_steps: int = None):
     """The hand-written reference. Returns (seconds over the timed epochs, per-step losses)."""
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    datamodule, net = build(cfg, device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    with tempfile.TemporaryDirectory() as tmp:
+        datamodule, module, _ = build(cfg, Path(tmp))  # the same RNG draws in the same order as train(cfg)
+    net = module.net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     images_all, superclass_all, label_all = (t.to(device) for t in datamodule.splits["train"])
     num_superclasses = net.auxiliary.num_superclasses if net.auxiliary is not None else 0
     mean, std = datamodule.mean.to(device), datamodule.std.to(device)
@@ -98,7 +88,8 @@ def raw_loop(cfg, device: torch.device, channels_last: bool, max_steps: int = No
                 images = images.contiguous(memory_format=torch.channels_last)
             x_star = F.one_hot(superclass_all[idx], num_superclasses).float() if num_superclasses else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits, _ = net.forward_head(features(images), x_star)
+                h, extras = features(images)
+                logits = net.forward_head(h, x_star, extras).logits
                 loss = F.cross_entropy(logits, label_all[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -55,8 +55,8 @@ def test_bad_depth_is_a_clear_error(depth):
 def test_widths_and_baseline_has_no_block():
     net = PreActResNet(10, num_classes=7, in_channels=1, widen_factor=2)
     assert net.auxiliary is None and net.num_features == 128 and net.fc.out_features == 7
-    logits, a = net(torch.randn(2, 1, 28, 28))
-    assert logits.shape == (2, 7) and a is None
+    output = net(torch.randn(2, 1, 28, 28))
+    assert output.logits.shape == (2, 7) and output.auxiliary_score is None
 
 
 @pytest.mark.parametrize("superclasses", [None, 3])
@@ -65,7 +65,7 @@ def test_every_parameter_gets_a_finite_gradient(superclasses):
     net = PreActResNet(10, num_classes=10, in_channels=3, num_superclasses=superclasses)
     x = torch.randn(4, 3, 32, 32)
     x_star = torch.eye(3)[torch.tensor([0, 1, 2, 0])] if superclasses else None
-    logits, _ = net(x, x_star)
+    logits = net(x, x_star).logits
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     names = [n for n, p in net.named_parameters()]
     assert any(n.startswith("auxiliary.") for n in names) == bool(superclasses)
@@ -79,3 +79,28 @@ def test_auxiliary_net_needs_a_superclass():
     net = PreActResNet(10, num_classes=10, num_superclasses=2)
     with pytest.raises(ValueError, match="x_star"):
         net(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("position", [1, 2, 3])
+def test_the_block_at_any_stage_trains_and_reads_the_superclass(position):
+    """method.position: z from the pooled stage output, the whole map scaled by a before the next stage."""
+    torch.manual_seed(0)
+    net = PreActResNet(10, num_classes=10, in_channels=1, num_superclasses=2, position=position)
+    assert net.auxiliary.in_features == net.stage_channels(position)
+    x, label = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
+    x_star = torch.eye(2)[torch.arange(8) % 2]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = net(x, x_star).logits.detach()
+    loss = torch.nn.functional.cross_entropy(net(x, x_star).logits, label)
+    loss.backward()
+    assert net.auxiliary.linear.weight.grad.abs().sum() > 0
+    optimizer.step()
+    net.eval()
+    after = net(x, x_star).logits
+    assert not torch.equal(before, after.detach())
+    # A different x* changes the output (through z_j of the fed superclass, equation 3).
+    assert not torch.allclose(after, net(x, 1 - x_star).logits)
+    # Equation 2 at stage k: the same as scaling the stage output by hand.
+    h, extras = net.forward_features(x)
+    a = (net.auxiliary.linear(h.mean((2, 3)) if h.dim() == 4 else h) - x_star).abs().sum(1)
+    torch.testing.assert_close(net.forward_head(h, x_star, extras).auxiliary_score.squeeze(1), a)

@@ -23,7 +23,7 @@ def framework_losses(cfg, tmp_path: Path) -> list[float]:
 @pytest.fixture
 def cfg():
     return compose(synthetic_overrides("cifar", 512, 128) + [
-        "model.depth=10", "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+        "depth=10", "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         "trainer.enable_checkpointing=false"])
 
 

@@ -42,7 +42,7 @@ class PreActBlock(nn.Module):
 
 def blocks_per_stage(depth: int) -> int:
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-        raise ConfigError(f"depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth!r}")
+        raise ConfigError(f"model.depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...; set it with depth=N), got {depth!r}")
     return (depth - 4) // 6
 
 
