@@ -103,13 +103,15 @@ def hierarchy_rf(class_vectors: np.ndarray, table: Table, distance: str = "euc")
 
     0: same topology; 1: no split in common. Zero-length UPGMA edges are contracted (``upgma_clusters``). A
     binary UPGMA tree has K − 3 splits while the superclass tree has at most one per superclass, so even a
-    perfect arrangement with distinct distances scores above 0. None when both trees have no split (no table,
-    fewer than 4 classes, or no superclass with 2 ≤ size ≤ K − 2 and an unresolved UPGMA tree).
+    perfect arrangement with distinct distances scores above 0. None when undefined or uninformative: no
+    table, fewer than 4 classes, or a superclass tree without a split (no superclass with 2 ≤ size ≤ K − 2,
+    e.g. one superclass or one class per superclass), against which every learned split counts as wrong.
     """
     if table is None or len(table) < 4:
         return None
     k, t = len(table), np.asarray(table)
     reference = _splits([frozenset(np.flatnonzero(t == s).tolist()) for s in np.unique(t)], k)
     learned = _splits(upgma_clusters(representative_distances(class_vectors, distance)), k)
-    total = len(reference) + len(learned)
-    return len(reference ^ learned) / total if total else None
+    if not reference:
+        return None
+    return len(reference ^ learned) / (len(reference) + len(learned))
