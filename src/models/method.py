@@ -33,6 +33,10 @@ class Method:
 
     auxiliary: bool = True
     needs_superclasses: bool = False
+    # extras names holding extra class logits (B, K) and superclass logits (B, S), shallow first, so the
+    # module can log and evaluate any method's extra heads without knowing the method
+    class_taps: tuple[str, ...] = ()
+    superclass_taps: tuple[str, ...] = ()
 
     def __init__(self, name: str = "hal", position: int = 3) -> None:
         self.name, self.position = name, position

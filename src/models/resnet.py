@@ -112,7 +112,8 @@ class PreActResNet(nn.Module):
 
     def class_vectors(self) -> torch.Tensor:
         """The class representatives (K, l): the classifier's rows, or a proxy head's proxies."""
-        return getattr(self.fc, "class_vectors", self.fc.weight)
+        # not getattr(fc, "class_vectors", fc.weight): its default is evaluated first, and a proxy head has no weight
+        return self.fc.class_vectors if hasattr(self.fc, "class_vectors") else self.fc.weight
 
     def _stages(self, h: torch.Tensor, stages, extras: dict) -> torch.Tensor:
         for k in stages:
