@@ -79,23 +79,24 @@ def test_run_leaves_the_validation_confusion_of_the_inferred_protocol(hal_run, c
 
 def test_val_confusion_matches_a_recomputation_without_the_true_superclass(run_train, tmp_path, monkeypatch):
     # Capture the trained module: recompute its val predictions with the superclass input zeroed.
-    import src.discover as discover_module
+    import src.train
 
     captured = {}
-    save = discover_module.save_discovery_inputs
+    build = src.train.build
 
-    def spy(run_dir, trainer, module, datamodule, *args):
+    def spy(cfg, run_dir):
+        datamodule, module, callbacks = build(cfg, run_dir)
         captured.update(module=module, datamodule=datamodule)
-        return save(run_dir, trainer, module, datamodule, *args)
+        return datamodule, module, callbacks
 
-    monkeypatch.setattr("src.train.save_discovery_inputs", spy)
+    monkeypatch.setattr("src.train.build", spy)
     run_train("case=case4", "trainer.fast_dev_run=true")
     module, dm = captured["module"], captured["datamodule"]
     images, _, label = dm.on_after_batch_transfer(dm.splits["val"], 0)
     with torch.no_grad():
-        y = module.net.eval().forward_features(images.contiguous(memory_format=torch.channels_last))
+        h, extras = module.net.eval().forward_features(images.contiguous(memory_format=torch.channels_last))
         # Scores from the candidates alone: the true superclass is not even an argument.
-        inferred = inferred_scores(candidate_logits(module.net, y, 3), module.hparams.hierarchy, "softmax")
+        inferred = inferred_scores(candidate_logits(module.net, h, extras, 3), dm.superclasses, "softmax")
     expected = np.zeros((10, 10), dtype=np.int64)
     np.add.at(expected, (label.numpy(), inferred.argmax(1).numpy()), 1)
     np.testing.assert_array_equal(load_discovery_inputs(tmp_path / "run")["val_confusion"], expected)

@@ -12,6 +12,7 @@ from torch import nn
 from src.evaluation import (
     EvaluationConfigError, confusion_figure, error, evaluation_options, hierarchy_metrics, hierarchy_spearman,
     inferred_scores, protocol_scores, superclass_order, tree_distances, wrong_superclass)
+from src.models.method import NetOutput
 from src.models import PreActResNet
 
 # A hand-made prediction set: 4 classes, superclasses {0, 1} and {2, 3}.
@@ -83,7 +84,7 @@ def test_inferred_equals_oracle_when_the_model_ignores_x_star(rule):
     y = torch.randn(64, net.num_features)
     superclass = torch.randint(0, 3, (64,))
     table = [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
-    scores = protocol_scores(net, y, superclass, table, rule, torch.Generator().manual_seed(0))
+    scores = protocol_scores(net, y, {}, superclass, table, rule, torch.Generator().manual_seed(0))
     oracle = scores["oracle"].argmax(1)
     assert torch.equal(scores["inferred"].argmax(1), oracle)
     assert torch.equal(scores["shuffled"].argmax(1), oracle)
@@ -93,7 +94,7 @@ def test_inferred_equals_oracle_when_the_model_ignores_x_star(rule):
 def test_baseline_protocols_are_the_same_logits():
     net = PreActResNet(10, num_classes=10).eval()
     y = torch.randn(8, net.num_features)
-    scores = protocol_scores(net, y, torch.zeros(8, dtype=torch.long), None, "softmax", torch.Generator())
+    scores = protocol_scores(net, y, {}, torch.zeros(8, dtype=torch.long), None, "softmax", torch.Generator())
     assert set(scores) == {"oracle", "inferred", "shuffled"}
     assert all(torch.equal(s, net.fc(y)) for s in scores.values())
 
@@ -119,15 +120,15 @@ class RevealsTheHint(nn.Module):
         first = [table.index(j) for j in range(s)]
         self.register_buffer("logits_of", torch.eye(len(table))[first])  # (S, K)
 
-    def forward_head(self, y, x_star):
-        return x_star @ self.logits_of + 0 * y[:, :1], None
+    def forward_head(self, y, x_star, extras=None):
+        return NetOutput(x_star @ self.logits_of + 0 * y[:, :1])
 
 
 def test_shuffled_protocol_never_feeds_the_true_superclass():
     table = [0, 1, 2, 0, 1, 2, 0, 1, 2, 2]
     net = RevealsTheHint(table)
     superclass = torch.randint(0, 3, (500,), generator=torch.Generator().manual_seed(0))
-    scores = protocol_scores(net, torch.zeros(500, 4), superclass, table, "softmax", torch.Generator().manual_seed(3))
+    scores = protocol_scores(net, torch.zeros(500, 4), {}, superclass, table, "softmax", torch.Generator().manual_seed(3))
     fed = lambda protocol: torch.tensor(table)[scores[protocol].argmax(1)]
     assert torch.equal(fed("oracle"), superclass)
     assert not (fed("shuffled") == superclass).any()
@@ -135,7 +136,7 @@ def test_shuffled_protocol_never_feeds_the_true_superclass():
 
 def test_single_superclass_has_no_shuffled_protocol():
     net = PreActResNet(10, num_classes=4, num_superclasses=1).eval()
-    scores = protocol_scores(net, torch.randn(5, net.num_features), torch.zeros(5, dtype=torch.long), [0] * 4,
+    scores = protocol_scores(net, torch.randn(5, net.num_features), {}, torch.zeros(5, dtype=torch.long), [0] * 4,
                              "softmax", torch.Generator())
     assert set(scores) == {"oracle", "inferred"}
 

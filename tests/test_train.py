@@ -7,8 +7,9 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import CONF, compose_cfg
+from src.paper import default_depth
 
-DATASETS = sorted(p.stem for p in Path(CONF, "dataset").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in Path(CONF, "dataset").glob("*.yaml") if p.stem != "base")
 CASES = ["baseline", "case1", "case2", "case3", "case4"]
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,12 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # The paper's cases name classes of its datasets; a folder of your own images takes case=custom.
 @pytest.mark.parametrize("dataset, case", [(d, c) for d in DATASETS
                                            for c in (["baseline", "custom"] if d == "folder" else CASES)])
-@pytest.mark.parametrize("depth", [None, 10, 28])
+@pytest.mark.parametrize("depth", [None, 16])
 def test_every_dataset_case_depth_composes(dataset, case, depth):
-    overrides = [f"dataset={dataset}", f"case={case}"] + ([f"depth='{depth}'"] if depth else [])
+    overrides = [f"dataset={dataset}", f"case={case}"] + ([f"depth={depth}"] if depth else [])
     cfg = compose_cfg(overrides)
-    assert cfg.case.name == case and cfg.dataset.name
-    assert cfg.model.depth == (depth or cfg.dataset.depth)
+    assert cfg.case.name == case and cfg.dataset.name == dataset
+    assert cfg.model.depth == (depth or default_depth(dataset))
     net = instantiate(cfg.model, num_classes=10, in_channels=3, num_superclasses=None if case == "baseline" else 2)
     assert net.depth == cfg.model.depth and (net.auxiliary is None) == (case == "baseline")
 
@@ -81,14 +82,30 @@ def test_unknown_option_fails_without_writing_a_result(tmp_path):
     assert not (tmp_path / "x" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("arg, expected", [
-    ("depth=28", "depth='28'"), ("depth=10,28", "depth='10','28'"), ("+depth=28", "+depth='28'"),
-    ("depth='28'", "depth='28'"), ("dataset.depth=28", "dataset.depth=28"), ("seed=3", "seed=3"),
-])
-def test_depth_override_is_quoted_for_hydra(arg, expected):
-    from src.train import quote_depth
+def test_depth_composes_without_quoting():
+    """A plain top-level key: no quoting, no sys.argv rewriting, through hydra.compose as on the command line."""
+    from hydra import compose, initialize_config_dir
 
-    assert quote_depth(arg) == expected
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["depth=28", "dataset=cifar10"])
+    assert (cfg.depth, cfg.model.depth, cfg.dataset.name) == (28, 28, "cifar10")
+    assert compose_cfg(["dataset=mnist"]).model.depth == 10 and compose_cfg(["dataset=svhn"]).model.depth == 28
+
+
+def test_depth_sweeps_from_the_command_line_and_from_sweeper_params(tmp_path):
+    common = ["trainer.fast_dev_run=true", "trainer.enable_progress_bar=false"]
+    # A preset of the user's own, as conf/experiment/*.yaml would hold it.
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "depths.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      depth: 10,16\n")
+    preset = ["--config-dir", str(tmp_path / "conf"), "experiment=depths"]
+    for name, sweep in (("cli", ["depth=10,16"]), ("params", preset)):
+        proc = subprocess.run([sys.executable, "-m", "src.train", "-m", *sweep, *common,
+                               f"hydra.sweep.dir={tmp_path / name}"], cwd=ROOT,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        depths = sorted(json.loads(p.read_text())["depth"] for p in (tmp_path / name).rglob("metrics.json"))
+        assert depths == [10, 16], name
 
 
 def test_depth_override_on_the_command_line(tmp_path):
