@@ -114,7 +114,7 @@ def shard_batches(n: int, world_size: int, shuffle: bool, pad: bool, batch_size:
     for rank in range(world_size):
         loader = TensorLoader((x, x * 10), batch_size, shuffle=shuffle, rank=rank, world_size=world_size,
                               pad_shards=pad, seed=7)
-        loader.sampler.set_epoch(epoch)  # how Lightning sets the epoch
+        loader.set_epoch(epoch)
         batches = list(loader)
         assert len(batches) == len(loader)
         assert all(torch.equal(b, a * 10) for a, b in batches)
@@ -172,7 +172,10 @@ def test_datamodule_takes_rank_and_world_size_from_the_trainer():
     n_test = len(dm.splits["test"][0])
     counts = []
     for rank in range(2):
-        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=0)
         counts.append(sum(len(b[0]) for b in dm.test_dataloader()))
-        assert dm.train_dataloader().world_size == 2
+        train = dm.train_dataloader()
+        first = torch.cat([b[2] for b in train])
+        dm.trainer.current_epoch = 1  # the loader follows the Trainer's epoch (a resumed run too)
+        assert train.world_size == 2 and not torch.equal(torch.cat([b[2] for b in train]), first)
     assert sum(counts) == n_test

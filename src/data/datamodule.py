@@ -93,7 +93,8 @@ class InMemoryDataModule(pl.LightningDataModule):
         Lightning leaves a loader that is not a DataLoader as it is: TensorLoader shards itself."""
         if self.trainer is None:
             return {}
-        return {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
+        trainer = self.trainer
+        return {"rank": trainer.global_rank, "world_size": trainer.world_size, "epoch": lambda: trainer.current_epoch}
 
     def train_dataloader(self) -> TensorLoader:
         return TensorLoader(self.splits["train"], self.batch_size, shuffle=True, drop_last=False,

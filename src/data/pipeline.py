@@ -4,7 +4,7 @@ The paper's datasets fit in memory, so there is no per-image PIL transform and n
 a ``TensorLoader`` slices batches out of one tensor, and ``augment``/``normalize`` act on the whole
 batch at once (pad 4 + random crop, random horizontal flip; paper section 4), on the CPU or the GPU.
 """
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Optional
 
 import torch
@@ -19,7 +19,9 @@ class TensorLoader:
     ``seed + epoch``. With ``pad_shards`` (training) the permutation's head is repeated up to a multiple
     of ``world_size`` and rank r takes every W-th index from r on, so every rank makes as many steps;
     without it (evaluation) rank r takes the block ``[n·r/W, n·(r+1)/W)``: every sample counted once.
-    ``set_epoch`` is called by Lightning each epoch (through ``.sampler``, as for a DataLoader).
+    The epoch is ``epoch()`` when given (the datamodule passes the Trainer's, right after a resume
+    too), else set by ``set_epoch``. No ``.sampler`` attribute: Lightning would then treat the
+    loader as a DataLoader and look for the rest of one.
 
     With one process the permutation is drawn from torch's global RNG (seeded by the run seed) on the
     tensors' device, as it always was: single-process runs stay bit-identical.
@@ -27,7 +29,7 @@ class TensorLoader:
 
     def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int, shuffle: bool = False,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1, pad_shards: bool = False,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, epoch: Optional[Callable[[], int]] = None) -> None:
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             raise ValueError("all tensors must have the same length")
@@ -39,8 +41,7 @@ class TensorLoader:
         self.rank, self.world_size, self.pad_shards = rank, world_size, pad_shards
         # Same on every rank: seed_everything seeds each rank's global RNG with the run seed.
         self.seed = torch.initial_seed() if seed is None else seed
-        self.epoch = 0
-        self.sampler = self  # Lightning's _set_sampler_epoch calls loader.sampler.set_epoch(epoch)
+        self.epoch, self.current_epoch = 0, epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -61,7 +62,8 @@ class TensorLoader:
         if w == 1:
             return torch.randperm(n, device=device) if self.shuffle else None
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            epoch = self.current_epoch() if self.current_epoch is not None else self.epoch
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:
             order = torch.arange(n)
         if self.pad_shards:
