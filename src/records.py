@@ -107,15 +107,20 @@ def usable_checkpoint(run_dir: Path) -> Optional[str]:
     return None
 
 
-def record_failure(run_dir: Path, error: BaseException, cfg: DictConfig) -> dict:
+def record_status(run_dir: Path, cfg: DictConfig, **fields) -> dict:
+    """Update the run's record with ``fields`` (``status=...``) and write it back."""
     record = read_record(run_dir)
-    # A job that fails before train() writes its record (a bad mapping) still needs its report group.
+    # A job that stops before train() writes its record (a bad mapping) still needs its report group.
     for key, path in (("dataset", "dataset.name"), ("case", "case.name"), ("depth", "model.depth"),
                       ("seed", "seed"), ("epochs", "trainer.max_epochs")):
         record.setdefault(key, OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False))
-    record.update(status="failed", error=f"{type(error).__name__}: {error}")
+    record.update(fields)
     write_json(Path(run_dir) / METRICS, record)
     return record
+
+
+def record_failure(run_dir: Path, error: BaseException, cfg: DictConfig) -> dict:
+    return record_status(run_dir, cfg, status="failed", error=f"{type(error).__name__}: {error}")
 
 
 def git_commit() -> str:
