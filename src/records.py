@@ -1,22 +1,45 @@
 """Files a run leaves behind, written so that a reader never sees half of one.
 
 ``metrics.json`` is the run's record: ``status`` is ``running`` while it goes, ``finished`` only once
-every field is written, ``failed`` (with ``error``) otherwise. ``src.report`` counts only ``finished``.
+every field is written, ``interrupted`` after SIGTERM/SIGINT (``src.signals``), ``failed`` (with
+``error``) otherwise. ``src.report`` counts only ``finished``.
+
+Only global rank 0 writes: under DDP every rank runs the same code, and ``write_atomic`` (hence
+``write_json`` and ``record_failure``) does nothing on the others. The rank is Lightning's
+``rank_zero_only.rank``: read from the launcher's environment at import, set by the strategy after.
+
+A damaged file left by a killed attempt (a half-written ``metrics.json`` from another tool, a
+truncated checkpoint) is moved aside to ``<name>.corrupt`` with one warning, and the run starts over
+from what is left, instead of crashing on every re-run.
 """
 import json
+import logging
 import os
 import subprocess
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def is_rank_zero() -> bool:
+    return rank_zero_only.rank == 0
 
 
 def write_atomic(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
-    """``write(file)`` into a temp file beside ``path``, then rename it over ``path`` (atomic on POSIX)."""
+    """``write(file)`` into a temp file beside ``path``, then rename it over ``path`` (atomic on POSIX).
+    A no-op on every rank but global rank 0."""
+    if not is_rank_zero():
+        return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") if binary else open(tmp, "w", newline="") as f:
@@ -28,20 +51,76 @@ def write_json(path: Path, record: dict) -> None:
     write_atomic(path, lambda f: f.write(json.dumps(record, indent=2)))
 
 
+def move_aside(path: Path, why: str) -> Path:
+    """Rename a damaged ``path`` to ``<path>.corrupt`` (replacing an older one), with one warning line."""
+    path = Path(path)
+    target = path.with_name(path.name + ".corrupt")
+    if is_rank_zero():
+        os.replace(path, target)
+        log.warning("%s is damaged (%s); moved it to %s and starting over", path, why, target.name)
+    return target
+
+
 def read_record(run_dir: Path) -> dict:
+    """The run's ``metrics.json``; {} (not finished) when there is none or it is damaged."""
     path = Path(run_dir) / METRICS
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError(f"a JSON {type(record).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        move_aside(path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return {}
+    return record
 
 
-def record_failure(run_dir: Path, error: BaseException, cfg: DictConfig) -> dict:
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why the checkpoint at ``path`` cannot be resumed from, or None if it loads.
+
+    ``torch.save`` writes a zip: its CRCs catch a truncated or altered file without unpickling
+    anything; then ``torch.load`` proves that the pickle itself reads back.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"bad CRC in {bad}"
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a damaged pickle raises about anything: EOFError, UnpicklingError, RuntimeError
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    return None
+
+
+def usable_checkpoint(run_dir: Path) -> Optional[str]:
+    """``run_dir/checkpoints/last.ckpt`` if it exists and loads; a damaged one is moved to
+    ``last.ckpt.corrupt`` (one warning) and the run starts over: None."""
+    path = Path(run_dir) / LAST_CHECKPOINT
+    if not path.exists():
+        return None
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return str(path)
+    move_aside(path, problem)
+    return None
+
+
+def record_status(run_dir: Path, cfg: DictConfig, **fields) -> dict:
+    """Update the run's record with ``fields`` (``status=...``) and write it back."""
     record = read_record(run_dir)
-    # A job that fails before train() writes its record (a bad mapping) still needs its report group.
+    # A job that stops before train() writes its record (a bad mapping) still needs its report group.
     for key, path in (("dataset", "dataset.name"), ("case", "case.name"), ("depth", "model.depth"),
                       ("seed", "seed"), ("epochs", "trainer.max_epochs")):
         record.setdefault(key, OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False))
-    record.update(status="failed", error=f"{type(error).__name__}: {error}")
+    record.update(fields)
     write_json(Path(run_dir) / METRICS, record)
     return record
+
+
+def record_failure(run_dir: Path, error: BaseException, cfg: DictConfig) -> dict:
+    return record_status(run_dir, cfg, status="failed", error=f"{type(error).__name__}: {error}")
 
 
 def git_commit() -> str:

@@ -105,3 +105,77 @@ def test_channel_stats_match_torch_and_stay_finite_on_a_constant_channel():
     torch.testing.assert_close(std[:2], x[:, :2].std((0, 2, 3), unbiased=False).float())
     assert std[2] == pytest.approx(1 / 255)
     assert torch.isfinite(normalize(images, mean, std)).all()
+
+
+def shard_batches(n: int, world_size: int, shuffle: bool, pad: bool, batch_size: int = 3, epoch: int = 0):
+    """The batches (as lists of sample ids) of every rank, ranks simulated in one process."""
+    x = torch.arange(n)
+    out = []
+    for rank in range(world_size):
+        loader = TensorLoader((x, x * 10), batch_size, shuffle=shuffle, rank=rank, world_size=world_size,
+                              pad_shards=pad, seed=7)
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        assert all(torch.equal(b, a * 10) for a, b in batches)
+        out.append([a.tolist() for a, _ in batches])
+    return out
+
+
+def test_training_shards_are_disjoint_cover_the_epoch_and_have_equal_steps():
+    a, b = shard_batches(10, 2, shuffle=True, pad=True)
+    ids_a, ids_b = sum(a, []), sum(b, [])
+    assert not set(ids_a) & set(ids_b) and sorted(ids_a + ids_b) == list(range(10))
+    assert len(a) == len(b) == 2
+    # 11 samples on 2 ranks: padded like DistributedSampler to 12, one sample repeated, same steps.
+    a, b = shard_batches(11, 2, shuffle=True, pad=True)
+    assert [len(x) for x in a] == [len(x) for x in b] == [3, 3]
+    assert set(sum(a, []) + sum(b, [])) == set(range(11))
+    # Another epoch, another permutation; the same epoch, the same one (every rank agrees).
+    assert shard_batches(10, 2, True, True, epoch=1) != shard_batches(10, 2, True, True, epoch=0)
+    assert shard_batches(10, 2, True, True, epoch=1) == shard_batches(10, 2, True, True, epoch=1)
+
+
+def test_training_shards_match_distributed_sampler():
+    from torch.utils.data.distributed import DistributedSampler
+
+    for rank in range(3):
+        sampler = DistributedSampler(range(11), num_replicas=3, rank=rank, shuffle=True, seed=7)
+        sampler.set_epoch(2)
+        [ours] = [sum(shard_batches(11, 3, True, True, epoch=2)[rank], [])]
+        assert ours == list(sampler)
+
+
+def test_evaluation_shards_count_every_sample_exactly_once():
+    for n, w in [(10, 2), (11, 2), (7, 3), (2, 3)]:
+        shards = shard_batches(n, w, shuffle=False, pad=False)
+        assert sorted(sum(sum(shards, []), [])) == list(range(n))
+
+
+def test_world_size_one_draws_todays_batches():
+    x = torch.arange(10)
+    torch.manual_seed(3)
+    expected = torch.randperm(10)  # what TensorLoader always drew: the global RNG
+    torch.manual_seed(3)
+    got = torch.cat([b[0] for b in TensorLoader((x,), 4, shuffle=True, rank=0, world_size=1)])
+    assert torch.equal(got, expected)
+    assert [b[0].tolist() for b in TensorLoader((x,), 4, world_size=1)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_datamodule_takes_rank_and_world_size_from_the_trainer():
+    from types import SimpleNamespace
+
+    from src.data import DigitsDataModule
+
+    dm = DigitsDataModule()
+    dm.setup()
+    n_test = len(dm.splits["test"][0])
+    counts = []
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=0)
+        counts.append(sum(len(b[0]) for b in dm.test_dataloader()))
+        train = dm.train_dataloader()
+        first = torch.cat([b[2] for b in train])
+        dm.trainer.current_epoch = 1  # the loader follows the Trainer's epoch (a resumed run too)
+        assert train.world_size == 2 and not torch.equal(torch.cat([b[2] for b in train]), first)
+    assert sum(counts) == n_test

@@ -90,15 +90,24 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.setup()
         return tuple(self.splits["train"][0].shape[1:])
 
+    def _shard(self) -> dict:
+        """This process's rank and the world size, from the Trainer (DDP); one process without one.
+        Lightning leaves a loader that is not a DataLoader as it is: TensorLoader shards itself."""
+        if self.trainer is None:
+            return {}
+        trainer = self.trainer
+        return {"rank": trainer.global_rank, "world_size": trainer.world_size, "epoch": lambda: trainer.current_epoch}
+
     def train_dataloader(self) -> TensorLoader:
-        return TensorLoader(self.splits["train"], self.batch_size, shuffle=True, drop_last=False)
+        return TensorLoader(self.splits["train"], self.batch_size, shuffle=True, drop_last=False,
+                            pad_shards=True, **self._shard())
 
     def val_dataloader(self) -> TensorLoader:
         # Empty with val_size=0 (the paper's protocol); train() then turns the validation loop off.
-        return TensorLoader(self.splits["val"], self.eval_batch_size)
+        return TensorLoader(self.splits["val"], self.eval_batch_size, **self._shard())
 
     def test_dataloader(self) -> TensorLoader:
-        return TensorLoader(self.splits["test"], self.eval_batch_size)
+        return TensorLoader(self.splits["test"], self.eval_batch_size, **self._shard())
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, superclass, label = batch

@@ -4,7 +4,8 @@ The paper's datasets fit in memory, so there is no per-image PIL transform and n
 a ``TensorLoader`` slices batches out of one tensor, and ``augment``/``normalize`` act on the whole
 batch at once (pad 4 + random crop, random horizontal flip; paper section 4), on the CPU or the GPU.
 """
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -13,25 +14,68 @@ import torch.nn.functional as F
 class TensorLoader:
     """Batches of aligned tensors (images, superclasses, labels), optionally shuffled each epoch.
 
-    The permutation is drawn from torch's global RNG (seeded by the run seed) on the tensors' device.
+    With ``world_size`` > 1 each rank iterates over its own share, as ``DistributedSampler`` does:
+    every rank draws the same permutation (identity without ``shuffle``) from a generator seeded with
+    ``seed + epoch``. With ``pad_shards`` (training) the permutation's head is repeated up to a multiple
+    of ``world_size`` and rank r takes every W-th index from r on, so every rank makes as many steps;
+    without it (evaluation) rank r takes the block ``[n·r/W, n·(r+1)/W)``: every sample counted once.
+    The epoch is ``epoch()`` when given (the datamodule passes the Trainer's, right after a resume
+    too), else set by ``set_epoch``. No ``.sampler`` attribute: Lightning would then treat the
+    loader as a DataLoader and look for the rest of one.
+
+    With one process the permutation is drawn from torch's global RNG (seeded by the run seed) on the
+    tensors' device, as it always was: single-process runs stay bit-identical.
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor], batch_size: int, shuffle: bool = False,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, pad_shards: bool = False,
+                 seed: Optional[int] = None, epoch: Optional[Callable[[], int]] = None) -> None:
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             raise ValueError("all tensors must have the same length")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
         self.tensors, self.batch_size, self.shuffle, self.drop_last = tuple(tensors), batch_size, shuffle, drop_last
+        self.rank, self.world_size, self.pad_shards = rank, world_size, pad_shards
+        # Same on every rank: seed_everything seeds each rank's global RNG with the run seed.
+        self.seed = torch.initial_seed() if seed is None else seed
+        self.epoch, self.current_epoch = 0, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _num_samples(self) -> int:
+        n, w = len(self.tensors[0]), self.world_size
+        if self.pad_shards:
+            return -(-n // w)
+        return n * (self.rank + 1) // w - n * self.rank // w
 
     def __len__(self) -> int:
-        n = len(self.tensors[0])
+        n = self._num_samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _shard(self) -> Optional[torch.Tensor]:
+        """This rank's indices into the tensors, or None for the plain slices 0..n of one process."""
+        n, w, device = len(self.tensors[0]), self.world_size, self.tensors[0].device
+        if w == 1:
+            return torch.randperm(n, device=device) if self.shuffle else None
+        if self.shuffle:
+            epoch = self.current_epoch() if self.current_epoch is not None else self.epoch
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            order = torch.arange(n)
+        if self.pad_shards:
+            total = self._num_samples() * w
+            order = torch.cat([order, order.repeat(-(-total // max(n, 1)))[:total - n]]) if n else order
+            order = order[self.rank:total:w]
+        else:
+            order = order[n * self.rank // w:n * (self.rank + 1) // w]
+        return order.to(device)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        n, device = len(self.tensors[0]), self.tensors[0].device
-        order = torch.randperm(n, device=device) if self.shuffle else None
+        order = self._shard()
         for i in range(len(self)):
             if order is None:
                 yield tuple(t[i * self.batch_size:(i + 1) * self.batch_size] for t in self.tensors)

@@ -1,0 +1,154 @@
+"""Range checks on the composed config (``check_config``) and its typed schema (dataclasses).
+
+``check_config`` works on any DictConfig, with or without the schema: each violation is one
+``ConfigError`` line naming the key. The dataclasses type the keys whose values users type on the
+command line; stored in Hydra's ConfigStore as ``base_config`` (and ``dataset/base_dataset``,
+``trainer/base_trainer``) they make Hydra refuse ``seed=abc`` or ``+trainer.foo=1`` at composition.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from src.errors import ConfigError
+
+# (key, test, what it must be): the first that fails is reported.
+RULES = (
+    ("seed", lambda v: v is None or (isinstance(v, int) and 0 <= v < 2**32), "an integer in [0, 2**32) or null"),
+    ("optimizer.lr", lambda v: _number(v) and v > 0, "> 0"),
+    ("optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
+    ("dataset.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("trainer.max_epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("model.depth", lambda v: isinstance(v, int) and v >= 10 and (v - 4) % 6 == 0, "6n+4 with n >= 1 (10, 16, 28, ...)"),
+)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise a one-line ``ConfigError`` for the first key out of its range; absent keys are skipped."""
+    for key, ok, must in RULES:
+        value = OmegaConf.select(cfg, key, default=MISSING)
+        if value is MISSING:
+            continue
+        if isinstance(value, bool) or not ok(value):
+            raise ConfigError(f"{key} must be {must}, got {value!r}")
+
+
+@dataclass
+class TrainerConfig:
+    """Trainer keys users may set. The schema is closed: ``+trainer.foo=1`` is refused at composition,
+    so a Trainer argument not listed here must be added here to be usable."""
+    max_epochs: int = 30
+    accelerator: str = "auto"
+    devices: Any = 1  # int, list or "auto"
+    precision: Any = "32-true"
+    benchmark: bool = True
+    deterministic: Any = False  # bool or "warn"
+    num_sanity_val_steps: int = 0
+    enable_model_summary: bool = False
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+    enable_checkpointing: bool = True
+    fast_dev_run: Any = False  # bool or int
+    gradient_clip_val: Optional[float] = 1.0
+    strategy: Any = "auto"
+    num_nodes: int = 1
+    limit_train_batches: Optional[Any] = None
+    limit_val_batches: Optional[Any] = None
+    limit_test_batches: Optional[Any] = None
+    check_val_every_n_epoch: Optional[int] = 1
+
+
+@dataclass
+class DatasetConfig:
+    """Keys every dataset has. Each field with a default is added to every dataset that extends it,
+    and reaches its constructor: defaults here equal the constructor's."""
+    _target_: str = MISSING
+    name: str = MISSING
+    depth: int = MISSING
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    val_size: Any = 0.1  # a fraction (float) or a number of images (int)
+    split_seed: int = 0
+    pad: int = 4
+    flip: bool = True
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    on_device: bool = True
+
+
+@dataclass
+class FileDatasetConfig(DatasetConfig):
+    """digits, mnist."""
+    data_dir: str = "data"
+    download: bool = True
+
+
+@dataclass
+class Cifar10Config(FileDatasetConfig):
+    verify_checksums: bool = True
+
+
+@dataclass
+class SVHNConfig(Cifar10Config):
+    use_extra: bool = False
+
+
+@dataclass
+class FolderConfig(DatasetConfig):
+    root: str = MISSING
+    superclass_file: Optional[str] = None
+    image_size: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = "src.models.PreActResNet"
+    depth: int = MISSING
+    widen_factor: int = 1
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 1.0
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass
+class Config:
+    """The primary config's typed top level. Groups whose options differ in shape (case, eval, method)
+    stay open (``Any``)."""
+    seed: Optional[int] = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    dataset: Any = MISSING  # typed by each option's base (DATASET_SCHEMAS)
+    trainer: TrainerConfig = MISSING
+    case: Any = MISSING
+    eval: Any = None
+    lr_min: float = 0.0
+    channels_last: bool = True
+    compile: bool = False
+    progress_refresh_rate: int = 10
+    test_curve: bool = False
+
+
+# The base each conf/dataset/*.yaml names first in its defaults list.
+DATASET_SCHEMAS = {"base_file": FileDatasetConfig, "base_cifar10": Cifar10Config, "base_svhn": SVHNConfig,
+                   "base_folder": FolderConfig}
+
+
+def register_schema() -> None:
+    """Store the schema in Hydra's ConfigStore; call before ``@hydra.main`` composes (module level)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for name, node in DATASET_SCHEMAS.items():
+        cs.store(group="dataset", name=name, node=node)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
