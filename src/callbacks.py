@@ -11,6 +11,7 @@ None of them changes weights, BatchNorm statistics or random state, and nothing 
 training or model selection. The callbacks of resuming are in ``src/resume.py``.
 """
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Optional
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from src.data.pipeline import normalize
-from src.evaluation import PROTOCOLS, confusion_figure, evaluation_record, protocol_scores
+from src.evaluation import PROTOCOLS, confusion_figure, error, evaluation_record, masked_scores, protocol_scores
 from src.records import write_atomic
 
 
@@ -75,6 +76,33 @@ class PerEpochTestLoss(pl.Callback):
         pl_module.log("curve/test_error", 100 * wrong / n)
 
 
+class Throughput(pl.Callback):
+    """Training images per second over the training epochs (the first left out as warm-up when there are
+    more): the cost column of the report. Validation, checkpoints and these callbacks' passes are not timed."""
+
+    def __init__(self) -> None:
+        self.seconds, self.images, self.epochs, self.start = 0.0, 0, 0, None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.images += len(batch[0]) * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        self.epochs += 1
+        if self.epochs == 1 and trainer.max_epochs - trainer.current_epoch > 1:
+            self.images = 0  # warm-up epoch
+        else:
+            self.seconds += time.perf_counter() - self.start
+
+    @property
+    def images_per_s(self) -> Optional[float]:
+        return round(self.images / self.seconds, 1) if self.seconds else None
+
+
 class AuxiliaryScores(pl.Callback):
     """At the end of training, ``aux_scores.npz``: ``score`` (the auxiliary score a), ``superclass`` and
     ``label`` of every training image, with the true superclass fed and no augmentation (Figs 3/5/7)."""
@@ -105,8 +133,10 @@ class TestProtocols(pl.Callback):
     """
 
     def __init__(self, run_dir: Path, hierarchy: Optional[Sequence[int]], class_names: Sequence[str],
-                 inferred_rule: str = "softmax", metrics_protocol: str = "inferred", shuffle_seed: int = 0) -> None:
+                 inferred_rule: str = "softmax", metrics_protocol: str = "inferred", shuffle_seed: int = 0,
+                 masked: Optional[dict[str, Sequence[int]]] = None) -> None:
         self.run_dir, self.hierarchy, self.class_names = Path(run_dir), hierarchy, list(class_names)
+        self.masked = dict(masked or {})  # name (a case) -> the table whose true superclass masks the logits
         self.inferred_rule, self.metrics_protocol, self.shuffle_seed = inferred_rule, metrics_protocol, shuffle_seed
         self.record: dict = {}
 
@@ -118,15 +148,21 @@ class TestProtocols(pl.Callback):
             h, extras = pl_module.features(images)
             scores = protocol_scores(pl_module.net, h, extras, superclass, self.hierarchy, self.inferred_rule,
                                      generator)
+            # The oracle logits (the plain logits without a block), masked to the true superclass of each case.
+            scores.update({f"masked/{name}": masked_scores(scores["oracle"], label, table)
+                           for name, table in self.masked.items()})
             for protocol, score in scores.items():
                 counts = confusion_counts(score.argmax(1), label, k)
                 confusions[protocol] = confusions[protocol] + counts if protocol in confusions else counts
         matrices = {p: confusions[p].numpy() if p in confusions else None for p in PROTOCOLS}
         vectors = pl_module.net.class_vectors().detach().float().cpu().numpy()
         self.record = evaluation_record(matrices, self.hierarchy, self.metrics_protocol, vectors)
+        self.record["test_error_masked"] = {name: error(confusions[f"masked/{name}"].numpy()) for name in self.masked}
         for key, value in self.record.items():
             if isinstance(value, float):
                 pl_module.log(f"test/{key.removeprefix('test_')}", value)
+        for name, value in self.record["test_error_masked"].items():
+            pl_module.log(f"test/error_masked_{name}", value)
         protocol = self.metrics_protocol
         if matrices[protocol] is not None:
             figure = confusion_figure(matrices[protocol], self.hierarchy, self.class_names,

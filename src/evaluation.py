@@ -6,7 +6,9 @@ Protocols, i.e. what is fed as x* at test time:
 - ``inferred``: nothing. Every candidate superclass s is fed as x* = e_s, each class c is scored
   under its own superclass t[c] only, and the best (t[c], c) pair is the prediction;
 - ``shuffled``: a wrong superclass, drawn uniformly among the others, to show how much the model
-  leans on the hint.
+  leans on the hint;
+- ``masked`` (``masked_scores``): any network's logits restricted to the classes of the true superclass,
+  the same hint given to a network without the block (per Table 1 case for the baseline).
 
 Every hierarchy metric is a function of a confusion matrix ``C[true, predicted]`` and a class ->
 superclass table ``t``. Plain torch / numpy / scipy, no Lightning: the module calls these in its test
@@ -26,6 +28,7 @@ from scipy.stats import spearmanr
 from src.data.superclasses import superclass_table
 from src.paper import PAPER_CASES
 from src.errors import UserError
+from src.hierarchy import hierarchy_mean_corr, hierarchy_rf
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,15 @@ def protocol_scores(
     return scores
 
 
+def masked_scores(logits: torch.Tensor, label: torch.Tensor, table: Sequence[int]) -> torch.Tensor:
+    """The ``masked`` protocol: the logits of the classes outside the image's true superclass set to −inf, so the
+    prediction is the best class among those of the true superclass. It gives any network the test-time hint
+    that HAL's oracle protocol feeds its block: the fair yardstick for ``test_error``."""
+    t = torch.as_tensor(table, device=logits.device)
+    same = t[None, :] == t[label][:, None]  # (B, K): class c is in image b's superclass
+    return logits.float().masked_fill(~same, float("-inf"))
+
+
 # --- hierarchy metrics (all in %) -----------------------------------------------------------------
 
 def error(confusion: np.ndarray) -> Optional[float]:
@@ -190,6 +202,8 @@ def evaluation_record(
     record = {f"test_error_{p}": None if confusions.get(p) is None else error(confusions[p]) for p in PROTOCOLS}
     record.update(hierarchy_metrics(confusions.get(metrics_protocol), table))
     record["hierarchy_spearman"] = hierarchy_spearman(class_vectors, table)
+    record["hierarchy_mean_corr"] = hierarchy_mean_corr(class_vectors, table)
+    record["hierarchy_rf"] = hierarchy_rf(class_vectors, table)
     return record
 
 

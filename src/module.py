@@ -6,7 +6,6 @@ What the network computes and what it is trained on come from the method (src/mo
 extra evaluation passes (test protocols, test curve, scores for figures and discovery) are callbacks
 (src/callbacks.py).
 """
-import math
 from collections.abc import Callable
 from typing import Optional
 
@@ -17,7 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.errors import DivergenceError
+from src.errors import check_divergence
 from src.models.method import Method, NetOutput
 
 STAGES = ("train", "val", "test")
@@ -39,6 +38,7 @@ class HALModule(pl.LightningModule):
         lr_min: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
+        divergence_factor: float = 10.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "method"])
@@ -56,6 +56,11 @@ class HALModule(pl.LightningModule):
         s = max(num_superclasses, 1)
         self.register_buffer("aux_stats", torch.zeros(len(STAGES), 3, s), persistent=False)
         self.register_buffer("z_inside", torch.zeros(len(STAGES), 2), persistent=False)
+        # Test counts of the method's extra heads (DKS branches, superclass heads): correct, and images seen.
+        self.class_taps, self.superclass_taps = tuple(self.method.class_taps), tuple(self.method.superclass_taps)
+        self.register_buffer("head_correct", torch.zeros(len(self.class_taps) + len(self.superclass_taps) + 1),
+                             persistent=False)
+        self.test_heads: dict = {}
 
     @property
     def has_auxiliary(self) -> bool:
@@ -77,7 +82,7 @@ class HALModule(pl.LightningModule):
         h, extras = self.features(images)
         return self.net.forward_head(h, self.one_hot(superclass), extras)
 
-    def _step(self, batch, stage: str) -> torch.Tensor:
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, NetOutput]:
         images, superclass, label = batch
         output = self(images, superclass)
         # Training minimises the method's loss; validation and test report the main head's cross-entropy,
@@ -88,7 +93,7 @@ class HALModule(pl.LightningModule):
         self.acc[stage + "_"].update(output.logits.detach(), label)
         if output.auxiliary_score is not None:
             self._update_aux_stats(stage, output, superclass)
-        return loss
+        return loss, output
 
     def _update_aux_stats(self, stage: str, output: NetOutput, superclass: torch.Tensor) -> None:
         i = STAGES.index(stage)
@@ -109,33 +114,39 @@ class HALModule(pl.LightningModule):
         self.acc[stage + "_"].reset()
         if self.has_auxiliary:
             i = STAGES.index(stage)
-            total, sq, count = self.aux_stats[i]
+            # Summed over DDP ranks (a no-op on one device); the metrics above reduce themselves.
+            total, sq, count = self.trainer.strategy.reduce(self.aux_stats[i].clone(), reduce_op="sum")
+            z_inside = self.trainer.strategy.reduce(self.z_inside[i].clone(), reduce_op="sum")
             mean = total / count.clamp(min=1)
             std = (sq / count.clamp(min=1) - mean**2).clamp(min=0).sqrt()
             for j in range(len(mean)):
                 self.log(f"{stage}_aux/score_mean_s{j}", mean[j])
                 self.log(f"{stage}_aux/score_std_s{j}", std[j])
-            inside, numel = self.z_inside[i]
+            inside, numel = z_inside
             self.log(f"{stage}_aux/z_in_unit_interval", inside / numel.clamp(min=1))
             self.aux_stats[i].zero_()
             self.z_inside[i].zero_()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+        _, output = self._step(batch, "test")
+        _, superclass, label = batch
+        heads = [(output.extras[n], label) for n in self.class_taps] + \
+                [(output.extras[n], superclass) for n in self.superclass_taps]
+        for i, (logits, target) in enumerate(heads):
+            self.head_correct[i] += (logits.argmax(1) == target).sum()
+        self.head_correct[-1] += len(label)
 
     def on_train_epoch_end(self) -> None:
         # One host sync per epoch instead of one per step: a NaN anywhere makes the epoch mean NaN.
-        loss = self.loss["train_"].compute()
-        if not math.isfinite(loss.item()):
-            raise DivergenceError(
-                f"training loss became non-finite in epoch {self.current_epoch}; "
-                f"lower optimizer.lr (now {self.trainer.optimizers[0].defaults['lr']}) or set trainer.gradient_clip_val")
+        check_divergence(self.loss["train_"].compute().item(), self.hparams.num_classes,
+                         self.hparams.divergence_factor, self.current_epoch,
+                         self.trainer.optimizers[0].defaults["lr"])
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
@@ -143,6 +154,14 @@ class HALModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
+        counts = self.trainer.strategy.reduce(self.head_correct.clone(), reduce_op="sum").tolist()
+        self.head_correct.zero_()
+        n, k = max(counts[-1], 1), len(self.class_taps)
+        if self.class_taps or self.superclass_taps:
+            # Each head's test error, the main head last (its value is test_error); superclass heads' accuracy.
+            self.test_heads = {
+                "test_error_heads": [100 * (1 - c / n) for c in counts[:k]] + [None],
+                "test_superclass_acc_heads": {name: 100 * c / n for name, c in zip(self.superclass_taps, counts[k:-1])}}
 
     def configure_optimizers(self):
         optimizer = self.optimizer(params=self.parameters())

@@ -16,19 +16,16 @@ import json
 import logging
 import os
 import subprocess
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.json"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 def is_rank_zero() -> bool:
@@ -74,37 +71,6 @@ def read_record(run_dir: Path) -> dict:
         move_aside(path, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return {}
     return record
-
-
-def checkpoint_problem(path: Path) -> Optional[str]:
-    """Why the checkpoint at ``path`` cannot be resumed from, or None if it loads.
-
-    ``torch.save`` writes a zip: its CRCs catch a truncated or altered file without unpickling
-    anything; then ``torch.load`` proves that the pickle itself reads back.
-    """
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-            if bad is not None:
-                return f"bad CRC in {bad}"
-        torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a damaged pickle raises about anything: EOFError, UnpicklingError, RuntimeError
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-    return None
-
-
-def usable_checkpoint(run_dir: Path) -> Optional[str]:
-    """``run_dir/checkpoints/last.ckpt`` if it exists and loads; a damaged one is moved to
-    ``last.ckpt.corrupt`` (one warning) and the run starts over: None."""
-    path = Path(run_dir) / LAST_CHECKPOINT
-    if not path.exists():
-        return None
-    problem = checkpoint_problem(path)
-    if problem is None:
-        return str(path)
-    move_aside(path, problem)
-    return None
 
 
 def record_status(run_dir: Path, cfg: DictConfig, **fields) -> dict:

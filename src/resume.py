@@ -2,13 +2,14 @@
 
 - A run dir whose ``metrics.json`` says finished is skipped (``finished_record``).
 - ``checkpoints/last.ckpt`` is replaced after every epoch (``checkpoint_callback``); a rerun resumes from it
-  (``last_checkpoint``).
+  (``usable_checkpoint``), or starts over when it is damaged (moved aside to ``last.ckpt.corrupt``).
 - ``RNGState`` saves the random generators in the checkpoint, so a resumed run continues exactly.
 - ``EpochHistory`` (``history.csv``) travels in the checkpoint, so a resumed run keeps each epoch once.
 """
 import csv
 import logging
 import random
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -17,9 +18,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from src.records import read_record, write_atomic
+from src.records import move_aside, read_record, write_atomic
 
 log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 def finished_record(run_dir: Path) -> Optional[dict]:
@@ -108,10 +111,35 @@ class RNGState(pl.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-def last_checkpoint(run_dir: Path):
-    """``run_dir/checkpoints/last.ckpt`` if an earlier, interrupted attempt left one, else None."""
-    path = Path(run_dir) / "checkpoints" / "last.ckpt"
-    return str(path) if path.exists() else None
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why the checkpoint at ``path`` cannot be resumed from, or None if it loads.
+
+    ``torch.save`` writes a zip: its CRCs catch a truncated or altered file without unpickling
+    anything; then ``torch.load`` proves that the pickle itself reads back.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"bad CRC in {bad}"
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a damaged pickle raises about anything: EOFError, UnpicklingError, RuntimeError
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    return None
+
+
+def usable_checkpoint(run_dir: Path) -> Optional[str]:
+    """``run_dir/checkpoints/last.ckpt`` if it exists and loads; a damaged one is moved to
+    ``last.ckpt.corrupt`` (one warning) and the run starts over: None."""
+    path = Path(run_dir) / LAST_CHECKPOINT
+    if not path.exists():
+        return None
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return str(path)
+    move_aside(path, problem)
+    return None
 
 
 def checkpoint_callback(run_dir: Path) -> ModelCheckpoint:

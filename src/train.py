@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import pytorch_lightning as pl
@@ -16,13 +17,16 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols
-from src.data.superclasses import resolve_case
+from src.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols, Throughput
+from src.config import check_config
+from src.data.superclasses import resolve_case, superclass_table
 from src.errors import ConfigError, exit_code, user_error
 from src.evaluation import evaluation_options
 from src.module import HALModule
+from src.paper import CASES, PAPER_CASES
 from src.records import git_commit, record_failure, write_json
-from src.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, last_checkpoint
+from src.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
+from src.signals import stop_on_signal
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +48,13 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
                       num_superclasses=(num_superclasses if method.auxiliary else 0) or None)
     method.attach(net, k, num_superclasses)
     module = HALModule(net, instantiate(cfg.optimizer), method, num_classes=k, num_superclasses=num_superclasses,
-                       lr_min=cfg.lr_min, channels_last=cfg.channels_last, compile=cfg.compile)
+                       lr_min=cfg.lr_min, channels_last=cfg.channels_last, compile=cfg.compile,
+                       divergence_factor=cfg.divergence_factor)
     run_dir = Path(run_dir)
     callbacks = [EpochHistory(run_dir / "history.csv"), RNGState(), AuxiliaryScores(run_dir / "aux_scores.npz"),
-                 TestProtocols(run_dir, class_names=datamodule.class_names, **evaluation),
+                 Throughput(), pl.callbacks.LearningRateMonitor(logging_interval="epoch"),
+                 TestProtocols(run_dir, class_names=datamodule.class_names,
+                               masked=masked_tables(cfg, table, net.auxiliary is not None), **evaluation),
                  DiscoveryInputs(run_dir / "hierarchy.npz", cfg.dataset.name, cfg.case.name, table,
                                  datamodule.class_names, evaluation["inferred_rule"])]
     if cfg.test_curve:
@@ -60,6 +67,18 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     return datamodule, module, callbacks
 
 
+def masked_tables(cfg: DictConfig, table: Optional[list[int]], auxiliary: bool) -> dict[str, list[int]]:
+    """The superclass tables of the ``masked`` protocol: a run with the block, its own (the same hint as its
+    oracle); any other run, every Table 1 case of its dataset and its own case or ``eval.hierarchy``."""
+    name = cfg.case.name
+    if auxiliary:
+        return {name: table}
+    tables = {c: superclass_table(cfg.dataset.name, c) for c in CASES} if cfg.dataset.name in PAPER_CASES else {}
+    if table is not None:
+        tables.setdefault(name, table)
+    return tables
+
+
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> dict:
     """Fit on train (+val), test once with the final weights, write ``run_dir/metrics.json``.
 
@@ -67,6 +86,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     A run dir whose metrics.json is finished is skipped; one with a ``checkpoints/last.ckpt`` resumes from it.
     """
     run_dir = Path(run_dir)
+    check_config(cfg)
     previous = finished_record(run_dir)
     if previous is not None:
         return previous
@@ -81,12 +101,11 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     write_json(run_dir / "metrics.json", record)
 
     logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     # val_size=0 (the paper's protocol): no validation loop, rather than an empty one logging NaN metrics.
     trainer_args = {**cfg.trainer, **({"limit_val_batches": 0} if len(datamodule.splits["val"][0]) == 0 else {})}
     trainer = pl.Trainer(**trainer_args, logger=logger, default_root_dir=str(run_dir),
                          callbacks=[*run_callbacks, *callbacks])
-    checkpoint = last_checkpoint(run_dir) if cfg.trainer.enable_checkpointing else None
+    checkpoint = usable_checkpoint(run_dir) if cfg.trainer.enable_checkpointing else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     history = next(c for c in run_callbacks if isinstance(c, EpochHistory))
     # A run resumed after its last epoch fits nothing: that epoch's metrics are then in the history.
@@ -94,11 +113,22 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     val_error = float(val["val/error"]) if "val/error" in val else None  # read before test() replaces them
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     protocols = next(c for c in run_callbacks if isinstance(c, TestProtocols))
+    throughput = next(c for c in run_callbacks if isinstance(c, Throughput))
+    heads = dict(module.test_heads)
+    if "test_error_heads" in heads:
+        heads["test_error_heads"][-1] = test["test/error"]  # the main head, last
     record.update(
         test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
-        val_error=val_error, **protocols.record,
+        val_error=val_error, **protocols.record, **heads,
         eval_hierarchy=protocols.hierarchy, inferred_rule=protocols.inferred_rule,
+        params_train=sum(p.numel() for p in module.net.parameters()),
+        params_inference=sum(p.numel() for p in module.net.parameters()) - sum(
+            p.numel() for p in module.net.taps.parameters()),
+        train_images_per_s=throughput.images_per_s,
         resumed_at_epoch=history.resumed_at_epoch, duration_s=round(time.time() - start, 2), status="finished")
+    # The HPARAMS tab of `tensorboard --logdir <sweep>` compares the jobs of a sweep on their final metrics.
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics={
+        f"hparams/{k}": v for k, v in record.items() if isinstance(v, float) and k.startswith("test_")})
     write_json(run_dir / "metrics.json", record)
     return record
 
@@ -107,7 +137,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return train(cfg, run_dir)
+        with stop_on_signal(run_dir, cfg) as guard:
+            return train(cfg, run_dir, callbacks=[guard.callback()])
     except Exception as e:
         record = record_failure(run_dir, user_error(e) or e, cfg)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -117,9 +148,6 @@ def main(cfg: DictConfig) -> dict:
             print(f"error: {run_dir.name}: {user_error(e) or e}", file=sys.stderr)
             return record
         sys.exit(exit_code(e))
-    except BaseException as e:  # Ctrl-C, SIGTERM: stop (a sweep too); re-running resumes from the checkpoint
-        record_failure(run_dir, e, cfg)
-        raise
 
 
 if __name__ == "__main__":
