@@ -157,11 +157,12 @@ class HALModule(pl.LightningModule):
         counts = self.trainer.strategy.reduce(self.head_correct.clone(), reduce_op="sum").tolist()
         self.head_correct.zero_()
         n, k = max(counts[-1], 1), len(self.class_taps)
-        if self.class_taps or self.superclass_taps:
-            # Each head's test error, the main head last (its value is test_error); superclass heads' accuracy.
-            self.test_heads = {
-                "test_error_heads": [100 * (1 - c / n) for c in counts[:k]] + [None],
-                "test_superclass_acc_heads": {name: 100 * c / n for name, c in zip(self.superclass_taps, counts[k:-1])}}
+        # Each class head's test error, the main head last (train() fills in test_error); superclass heads' accuracy.
+        if self.class_taps:
+            self.test_heads["test_error_heads"] = [100 * (1 - c / n) for c in counts[:k]] + [None]
+        if self.superclass_taps:
+            self.test_heads["test_superclass_acc_heads"] = {
+                name: 100 * c / n for name, c in zip(self.superclass_taps, counts[k:-1])}
 
     def configure_optimizers(self):
         optimizer = self.optimizer(params=self.parameters())
