@@ -14,185 +14,17 @@ import json
 import math
 import os
 import sys
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import yaml
+from src.errors import exit_code
+from src.figures import write_figures
+from src.paper import PAPER_DEPTH, PAPER_TABLE2
+from src.runs import Group, ReportError, Run, group_runs, load_runs, natural  # noqa: F401 (ReportError: API)
 
-from src.errors import UserError, exit_code
-from src.figures import CASE_ORDER, order_key, write_figures
-
-# The paper's Table 2: test error %, mean and std over 5 runs (its baselines have no std). The paper's
-# nets are 10 layers deep for MNIST, 28 for SVHN and CIFAR-10; other depths get no paper value.
-PAPER_TABLE2 = {
-    "mnist": {"baseline": (0.93, None), "case1": (0.43, 0.03), "case2": (0.73, 0.06), "case3": (0.70, 0.05),
-              "case4": (0.69, 0.00)},
-    "svhn": {"baseline": (4.05, None), "case1": (2.53, 0.06), "case2": (2.64, 0.11), "case3": (2.66, 0.07),
-             "case4": (2.86, 0.07)},
-    "cifar10": {"baseline": (6.81, None), "case1": (3.30, 0.06), "case2": (5.30, 0.14), "case3": (6.46, 0.08),
-                "case4": (5.13, 0.09)},
-}
-PAPER_DEPTH = {"mnist": 10, "svhn": 28, "cifar10": 28}
 # Written by the test protocols when present (%), shown as mean ± std beside test_error.
 OPTIONAL_COLUMNS = ["test_error_inferred", "test_error_shuffled", "superclass_acc", "within_superclass_mistakes"]
 EXPECTED_SEEDS = 5
-# Keys (of the config, or of a command-line override) that are the group key itself, or only say how to run
-# (those left out of a sweep's job dir names, conf/config.yaml): never part of a group's "settings".
-NOT_SETTINGS = {"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth", "model.depth",
-                "experiment", "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar",
-                "progress_refresh_rate", "dataset.data_dir", "dataset.download", "dataset.on_device"}
-DATASET_ORDER = ["mnist", "svhn", "cifar10"]
-
-
-class ReportError(UserError):
-    """A sweep dir that cannot be reported on."""
-
-
-@dataclass
-class Run:
-    dir: Path
-    record: dict
-    config: Optional[dict] = None  # the run's .hydra/config.yaml, flattened: {"trainer.max_epochs": "250", ...}
-    settings: str = ""
-
-    @property
-    def status(self) -> str:
-        return self.record.get("status", "unknown")
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "finished"
-
-
-@dataclass
-class Group:
-    dataset: str
-    depth: Optional[int]
-    settings: str
-    case: str
-    runs: list[Run] = field(default_factory=list)
-
-    @property
-    def finished(self) -> list[Run]:
-        return [r for r in self.runs if r.finished]
-
-    def stats(self, key: str) -> tuple[float, float, int]:
-        """Mean, sample std (ddof=1; NaN for one value) and count of ``key`` over the finished runs."""
-        values = [r.record[key] for r in self.finished if isinstance(r.record.get(key), (int, float))]
-        if not values:
-            return math.nan, math.nan, 0
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-        return float(np.mean(values)), std, len(values)
-
-    def paper(self) -> tuple[Optional[float], Optional[float]]:
-        if PAPER_DEPTH.get(self.dataset) != self.depth:
-            return None, None
-        return PAPER_TABLE2[self.dataset].get(self.case, (None, None))
-
-
-def _read_yaml(path: Path):
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ReportError(f"cannot read {path}: {e}") from None
-
-
-def _text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    """{"trainer": {"max_epochs": 250}} -> {"trainer.max_epochs": "250"}; lists stay whole ("[0.1, 0.2]")."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = _text(value)
-    return flat
-
-
-def run_config(run_dir: Path) -> Optional[dict[str, str]]:
-    """The run's composed config as Hydra saved it (``.hydra/config.yaml``, interpolations unresolved)."""
-    path = run_dir / ".hydra" / "config.yaml"
-    config = _read_yaml(path) if path.exists() else None
-    return flatten(config) if isinstance(config, dict) else None
-
-
-def override_settings(run_dir: Path) -> str:
-    """The run's command-line overrides that change what is trained, from Hydra's ``.hydra/overrides.yaml``."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    overrides = (_read_yaml(path) if path.exists() else None) or []
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_SETTINGS]
-    return " ".join(sorted(kept))
-
-
-def assign_settings(runs: list[Run]) -> None:
-    """A run's settings: the config values that differ between the runs of its dataset and depth.
-
-    From the composed config, not the command line, so that ``experiment=table2_svhn`` and the same keys
-    typed by hand are one setting, and a preset never hides what it changed. A key that some runs lack
-    (a config of an older version) is no difference. Runs without ``.hydra/config.yaml`` fall back to their
-    command-line overrides.
-    """
-    buckets: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        if run.config is None:
-            run.settings = override_settings(run.dir)
-        else:
-            buckets[(run.record.get("dataset"), run.record.get("depth"))].append(run)
-    for bucket in buckets.values():
-        values: dict[str, set] = defaultdict(set)
-        for run in bucket:
-            for key, value in run.config.items():
-                values[key].add(value)
-        differing = sorted(k for k, v in values.items() if len(v) > 1 and k not in NOT_SETTINGS)
-        for run in bucket:
-            run.settings = " ".join(f"{k}={run.config[k]}" for k in differing if k in run.config)
-
-
-def load_runs(sweep_dirs: list[Path]) -> list[Run]:
-    runs, seen = [], set()
-    for sweep in sweep_dirs:
-        if not sweep.is_dir():
-            raise ReportError(f"{sweep} is not a directory")
-        paths = sorted(sweep.rglob("metrics.json"))
-        if not paths:
-            raise ReportError(f"no metrics.json under {sweep}: pass a sweep dir (outputs/sweeps/NAME) or a run dir")
-        for path in paths:
-            if path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ReportError(f"cannot read {path}: {e}") from None
-            if not isinstance(record, dict):
-                raise ReportError(f"{path} holds no JSON object")
-            if record.get("status") == "finished" and not isinstance(record.get("test_error"), (int, float)):
-                raise ReportError(f"{path} says finished but has no numeric test_error")
-            runs.append(Run(path.parent, record, run_config(path.parent)))
-    assign_settings(runs)
-    return runs
-
-
-def _natural(value) -> tuple:
-    """Sort key: numbers by value (2 before 10), then anything else by its text."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return (not number, value if number else 0, str(value))
-
-
-def group_runs(runs: list[Run]) -> list[Group]:
-    groups: dict[tuple, Group] = {}
-    for run in runs:
-        r = run.record
-        key = (str(r.get("dataset", "unknown")), r.get("depth"), run.settings, str(r.get("case", "unknown")))
-        groups.setdefault(key, Group(*key)).runs.append(run)
-    return sorted(groups.values(), key=lambda g: (order_key(g.dataset, DATASET_ORDER), g.depth or 0, g.settings,
-                                                  order_key(g.case, CASE_ORDER)))
 
 
 def _fmt(mean: float, std: float, digits: int = 2) -> str:
@@ -220,7 +52,7 @@ def table_rows(groups: list[Group]) -> list[dict]:
         seeds = [r.record.get("seed") for r in g.finished]
         failed = [r for r in g.runs if r.status == "failed"]
         unfinished = [r for r in g.runs if not r.finished and r.status != "failed"]
-        epochs = sorted({r.record.get("epochs") for r in g.finished}, key=_natural)
+        epochs = sorted({r.record.get("epochs") for r in g.finished}, key=natural)
         flags = []
         if n < EXPECTED_SEEDS:
             flags.append(f"n<{EXPECTED_SEEDS}")
@@ -233,7 +65,7 @@ def table_rows(groups: list[Group]) -> list[dict]:
         if len(epochs) > 1:
             flags.append("mixed epochs")
         row = {"dataset": g.dataset, "depth": g.depth, "settings": g.settings, "case": g.case, "n": n,
-               "seeds": " ".join(str(s) for s in sorted(seeds, key=_natural)),
+               "seeds": " ".join(str(s) for s in sorted(seeds, key=natural)),
                "epochs": " ".join(str(e) for e in epochs),
                "test_error_mean": mean, "test_error_std": std,
                "delta_vs_baseline": mean - base if g.case != "baseline" else math.nan,
