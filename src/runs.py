@@ -145,7 +145,9 @@ def _read_yaml(path: Path):
     try:
         return yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read {path.relative_to(path.parent.parent)}: {' '.join(str(e).split())}") from None
+        mark = getattr(e, "problem_mark", None)
+        why = f"{e.problem} (line {mark.line + 1})" if mark and getattr(e, "problem", None) else str(e).splitlines()[0]
+        raise ValueError(f"cannot read {path.relative_to(path.parent.parent)}: {why}") from None
 
 
 def _text(value) -> str:
@@ -238,9 +240,9 @@ def load_run(path: Path) -> Run:
     if run.status == "finished" and run.problem is None:
         missing = [k for k in ("dataset", "depth") if record.get(k) is None]
         if missing:
-            run.problem = f"finished, but metrics.json has no {' and no '.join(missing)}"
+            run.problem = f"metrics.json has no {' and no '.join(missing)}"
         elif not _number(record.get("test_error")):
-            run.problem = "finished, but metrics.json has no numeric test_error"
+            run.problem = "metrics.json has no numeric test_error"
     return run
 
 
@@ -282,7 +284,8 @@ def group_runs(runs: list[Run]) -> list[Group]:
                run.method, run.position)
         groups.setdefault(key, Group(*key)).runs.append(run)
     return sorted(groups.values(), key=lambda g: (
-        order_key(g.dataset, DATASET_ORDER), natural(g.depth), g.settings, order_key(g.method, METHOD_ORDER),
+        order_key(g.dataset, DATASET_ORDER), natural(g.depth), g.settings, not g.is_baseline,
+        order_key(g.method, METHOD_ORDER),
         natural(g.position), order_key(g.case, CASE_ORDER)))
 
 

@@ -39,8 +39,8 @@ def test_corrupt_and_incomplete_runs_are_listed_not_counted(tmp_path, capsys):
     md = (sweep / "table.md").read_text()
     listed = md.split("Runs not counted:")[1]
     for name, why in [("bad_json", "cannot read metrics.json: Expecting"), ("not_object", "holds no JSON object"),
-                      ("binary", "cannot read metrics.json"), ("bad_config", "cannot read .hydra/config.yaml"),
-                      ("no_depth", "(finished): finished, but metrics.json has no depth"),
+                      ("binary", "cannot read metrics.json"), ("bad_config", "cannot read .hydra/config.yaml: expected ',' or ']'"),
+                      ("no_depth", "(finished): metrics.json has no depth"),
                       ("no_dataset", "has no dataset"), ("no_error", "has no numeric test_error")]:
         line = next(line for line in listed.splitlines() if f"{sweep / name}`" in line)
         assert why in line and line.count("\n") == 0
