@@ -107,8 +107,8 @@ def table_rows(groups: list[Group]) -> list[dict]:
             flags.append("repeated seeds")
         if len(epochs) > 1:
             flags.append("mixed epochs")
-        row = {"dataset": g.dataset, "depth": g.depth, "settings": g.settings, "method": g.method,
-               "position": g.position, "case": g.case, "n": n,
+        row = {"dataset": g.dataset, "depth": g.depth, "settings": g.settings, "case": g.case, "n": n,
+               "method": g.method, "position": g.position,
                "seeds": " ".join(str(s) for s in sorted(seeds, key=natural)),
                "epochs": " ".join(str(e) for e in epochs),
                "test_error_mean": mean, "test_error_std": std,
