@@ -2,14 +2,14 @@
 
 Figs 2/4/6: train and test (or validation) loss per epoch, baseline against each case, mean ± std over
 seeds, from each run's ``history.csv``. Figs 3/5/7: the auxiliary score of every training image at the
-end of training, grouped by superclass, from ``aux_scores.npz``. A group is ``src.report.Group``.
+end of training, grouped by superclass, from ``aux_scores.npz``. Beyond the paper: accuracy of the linear
+probes fitted after every epoch (``probe/stage{k}_*`` columns of ``history.csv``). A group is ``src.runs.Group``.
 """
-import csv
 import re
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import matplotlib
 
@@ -18,35 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-if TYPE_CHECKING:
-    from src.report import Group
+from src.paper import PAPER_FIGURES  # noqa: E402
+from src.runs import CASE_ORDER, Group, order_key, read_history  # noqa: E402
 
-PAPER_FIGURES = {"mnist": ("Fig. 2", "Fig. 3"), "svhn": ("Fig. 4", "Fig. 5"), "cifar10": ("Fig. 6", "Fig. 7")}
-CASE_ORDER = ["baseline", "case1", "case2", "case3", "case4"]
-
-
-def order_key(value, order: list) -> tuple:
-    """Sort key: the position in ``order``, then anything else by its text."""
-    return (order.index(value), "") if value in order else (len(order), str(value))
-
-
-def read_history(run_dir: Path) -> dict[str, np.ndarray]:
-    """history.csv -> {column: values indexed by epoch (NaN where missing)}."""
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return {}
-    epochs = [int(r["epoch"]) for r in rows]
-    columns = {}
-    for key in rows[0]:
-        values = np.full(max(epochs) + 1, np.nan)
-        for e, r in zip(epochs, rows):
-            values[e] = float(r[key]) if r.get(key) not in (None, "") else np.nan
-        columns[key] = values
-    return columns
+PROBE_STAGES = (1, 2, 3)
+PROBE_STYLES = ("-", "--", ":", "-.")
 
 
 def curve_band(histories: list[dict], key: str) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -64,12 +40,13 @@ def curve_band(histories: list[dict], key: str) -> Optional[tuple[np.ndarray, np
     return np.arange(1, length + 1), mean, np.nan_to_num(std)
 
 
-def _panels(groups: list["Group"]) -> dict[tuple, dict[str, "Group"]]:
-    """(dataset, depth, settings) -> {case: group}: one figure each."""
-    panels: dict[tuple, dict[str, "Group"]] = defaultdict(dict)
+def _panels(groups: list[Group]) -> dict[tuple, dict[str, Group]]:
+    """(dataset, depth, settings) -> {label: group}: one figure each. The label is the case for the paper's
+    HAL, else method, position and case."""
+    panels: dict[tuple, dict[str, Group]] = defaultdict(dict)
     for g in groups:
         if g.finished:
-            panels[(g.dataset, g.depth, g.settings)][g.case] = g
+            panels[(g.dataset, g.depth, g.settings)][g.label] = g
     return panels
 
 
@@ -83,7 +60,7 @@ def _title(dataset: str, depth, settings: str, figure: str) -> str:
     return f"{dataset}, depth {depth}{', ' + settings if settings else ''}{paper}"
 
 
-def loss_figure(dataset: str, depth, settings: str, cases: dict[str, "Group"]):
+def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
     """Figs 2/4/6: train and test loss per epoch, baseline against each case, mean ± std over seeds."""
     others = [c for c in sorted(cases, key=lambda c: order_key(c, CASE_ORDER)) if c != "baseline"] or ["baseline"]
     histories = {c: [h for h in (read_history(r.dir) for r in g.finished) if h] for c, g in cases.items()}
@@ -122,7 +99,7 @@ def loss_figure(dataset: str, depth, settings: str, cases: dict[str, "Group"]):
     return fig
 
 
-def aux_score_figure(dataset: str, depth, settings: str, cases: dict[str, "Group"]):
+def aux_score_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
     """Figs 3/5/7: the auxiliary score of every training image at the end of training, by superclass.
 
     One run per case (its lowest seed): images sorted by superclass, then class.
@@ -158,7 +135,42 @@ def aux_score_figure(dataset: str, depth, settings: str, cases: dict[str, "Group
     return fig
 
 
-def write_figures(groups: list["Group"], out: Path, table: str) -> list[Path]:
+def probe_figure(dataset: str, depth, settings: str, groups: dict[str, Group]):
+    """Linear-probe accuracy per epoch for superclass and class, one line per stage and style per group,
+    mean ± std over seeds; None where no run has probes."""
+    panels = []
+    for label, g in groups.items():
+        runs = [h for h in (read_history(r.dir) for r in g.finished) if h]
+        if any(k.startswith("probe/") for h in runs for k in h):
+            panels.append((label, g, runs))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2), sharey=True)
+    for ax, target in zip(axes, ("superclass", "class")):
+        for (label, g, runs), style in zip(panels, PROBE_STYLES * len(panels)):
+            for stage in PROBE_STAGES:
+                band = curve_band([h for h in runs if f"probe/stage{stage}_{target}_acc" in h],
+                                  f"probe/stage{stage}_{target}_acc")
+                if band is None:
+                    continue
+                x, mean, std = band
+                n = sum(f"probe/stage{stage}_{target}_acc" in h for h in runs)
+                ax.plot(x, mean, style, color=f"C{stage - 1}", label=f"{label} stage {stage} (n={n})")
+                ax.fill_between(x, mean - std, mean + std, color=f"C{stage - 1}", alpha=0.15, lw=0)
+        ax.set_title(f"{target} probe")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("linear probe accuracy %")
+    splits = sorted({str(r.record.get("probe_split") or "unrecorded") for _, g, _ in panels for r in g.finished})
+    fig.suptitle(f"Linear probes on each stage's features per epoch, scored on the {' / '.join(splits)} split, "
+                 f"mean ± std over seeds\n{_title(dataset, depth, settings, '')}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(groups: list[Group], out: Path, table: str) -> list[Path]:
     from torch.utils.tensorboard import SummaryWriter
 
     written = []
@@ -168,7 +180,7 @@ def write_figures(groups: list["Group"], out: Path, table: str) -> list[Path]:
     try:
         writer.add_text("table2", table)
         for (dataset, depth, settings), cases in panels.items():
-            for kind, make in (("loss", loss_figure), ("aux_scores", aux_score_figure)):
+            for kind, make in (("loss", loss_figure), ("aux_scores", aux_score_figure), ("probes", probe_figure)):
                 fig = make(dataset, depth, settings, cases)
                 if fig is None:
                     continue

@@ -1,0 +1,107 @@
+"""src.report with several methods and positions (the fair comparison columns) and the probe figure."""
+import csv
+import math
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from src.figures import probe_figure
+from src.report import group_runs, load_runs, main, table_rows
+from test_report import PNG, write_run
+
+MASKED_BASE = {"case1": 0.4, "case2": 0.5, "case3": 0.6, "case4": 0.7}
+
+
+@pytest.fixture
+def methods_sweep(tmp_path):
+    sweep = tmp_path / "s"
+    for seed in (0, 1):
+        write_run(sweep, f"baseline{seed}", dataset="digits", case="baseline", seed=seed, test_error=1.0 + seed,
+                  test_error_masked={k: v + seed / 10 for k, v in MASKED_BASE.items()}, train_images_per_s=1000.0,
+                  params_train=100, params_inference=100, superclass_acc=98.0)
+        write_run(sweep, f"hal{seed}", dataset="digits", case="case1", method="hal", position=3, seed=seed,
+                  test_error=0.3, test_error_inferred=0.8, test_error_masked={"case1": 0.2},
+                  train_images_per_s=800.0, params_train=110, params_inference=100, hierarchy_mean_corr=0.5,
+                  hierarchy_rf=None)
+        write_run(sweep, f"hal_p1_{seed}", dataset="digits", case="case1", position=1, seed=seed, test_error=0.6,
+                  test_error_masked={"case1": 0.25})
+        write_run(sweep, f"dks{seed}", dataset="digits", case="case1", method="dks", seed=seed, test_error=0.9,
+                  test_error_masked={"case1": 0.6, "case2": 0.7}, test_error_heads=[5.0, 0.9],
+                  test_superclass_acc_heads={"stage1": 90.0})
+    return sweep
+
+
+def test_fair_delta_is_oracle_error_minus_the_baselines_masked_error_of_the_same_case(methods_sweep):
+    assert main([str(methods_sweep)]) == 0
+    rows = {(r["method"], r["position"], r["case"]): r for r in table_rows(group_runs(load_runs([methods_sweep])))}
+    assert list(rows) == [("hal", 3, "baseline"), ("hal", 1, "case1"), ("hal", 3, "case1"), ("dks", 3, "case1")]
+    hal, dks, p1 = rows["hal", 3, "case1"], rows["dks", 3, "case1"], rows["hal", 1, "case1"]
+    assert hal["fair_delta"] == pytest.approx(0.3 - 0.45)  # baseline's masked case1 error: mean of 0.4, 0.5
+    assert p1["fair_delta"] == pytest.approx(0.6 - 0.45) and p1["delta_vs_baseline"] == pytest.approx(0.6 - 1.5)
+    assert math.isnan(dks["fair_delta"]) and dks["delta_vs_baseline"] == pytest.approx(0.9 - 1.5)
+    assert hal["train_images_per_s_vs_baseline"] == pytest.approx(0.8)
+    assert (hal["params_train_vs_baseline"], hal["params_inference_vs_baseline"]) == (10, 0)
+    assert dks["test_error_heads.0_mean"] == 5.0 and dks["test_superclass_acc_heads.stage1_mean"] == 90.0
+
+    md = (methods_sweep / "table.md").read_text()
+    header = md.splitlines()[0]
+    for column in ("| method | position | case | oracle test error", "| inferred % | masked % | fair Δ |",
+                   "superclass acc %", "within-superclass mistakes %", "hierarchy_mean_corr", "hierarchy_rf",
+                   "img/s vs baseline", "params train / inference (vs baseline)", "Δ vs baseline", "flags"):
+        assert column in header
+    assert ("| digits | 10 | hal | 3 | case1 | 0.30 ± 0.00 (n=2) | -1.20 | 0.80 ± 0.00 | 0.20 ± 0.00 | -0.15 "
+            "|  |  | 0.500 ± 0.000 |  | 0.80× | 110 / 100 (+10 / +0) |") in md
+    assert "| dks | 3 | case1 | 0.90 ± 0.00 (n=2) | -0.60 |  | case1 0.60 ± 0.00; case2 0.70 ± 0.00 |  |" in md
+    assert "| hal | 3 | baseline | 1.50 ± 0.71 (n=2) |  |  | case1 0.45 ± 0.07; case2 0.55" in md
+    assert "fair yardstick for the oracle protocol" in md and "same test-time hint" in md
+    assert "paper Δ" not in header
+    with open(methods_sweep / "table.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert float(csv_rows[2]["fair_delta"]) == pytest.approx(-0.15)
+    assert float(csv_rows[0]["test_error_masked.case3_mean"]) == pytest.approx(0.65)
+
+
+def test_plain_hal_sweeps_keep_the_paper_table(tmp_path):
+    sweep = tmp_path / "s"
+    write_run(sweep, "b", dataset="mnist", case="baseline", seed=0, test_error=1.0, test_error_masked=MASKED_BASE)
+    write_run(sweep, "c", dataset="mnist", case="case1", method="hal", position=3, seed=0, test_error=0.5)
+    assert main([str(sweep)]) == 0
+    md = (sweep / "table.md").read_text()
+    assert md.startswith("| dataset | depth | case | test error % (mean ± std, n seeds) | Δ vs baseline | paper |")
+    assert "fair Δ" not in md and "| mnist | 10 | case1 | 0.50 (n=1) | -0.50 | 0.43 ± 0.03 | -0.50 |" in md
+
+
+def _probe_history(offset: float, epochs: int = 3) -> dict:
+    history = {"train/loss": [1.0] * epochs}
+    for stage in (1, 2, 3):
+        history[f"probe/stage{stage}_superclass_acc"] = [50 + 10 * stage + e + offset for e in range(epochs)]
+        history[f"probe/stage{stage}_class_acc"] = [20 + 10 * stage + e + offset for e in range(epochs)]
+    return history
+
+
+def test_probe_figure_has_one_line_per_stage_and_group_and_names_the_split(tmp_path):
+    sweep = tmp_path / "s"
+    for seed in (0, 1):
+        write_run(sweep, f"b{seed}", dataset="digits", case="baseline", seed=seed, test_error=1.0,
+                  probe_split="validation", history=_probe_history(2.0 * seed))
+        write_run(sweep, f"h{seed}", dataset="digits", case="case1", method="heads", seed=seed, test_error=1.0,
+                  probe_split="validation", history=_probe_history(5.0))
+    write_run(sweep, "noprobe", dataset="digits", case="case2", seed=0, test_error=1.0,
+              history={"train/loss": [1.0, 0.5]})
+    assert main([str(sweep)]) == 0
+    png = sweep / "probes_digits_depth10.png"
+    assert png.read_bytes()[:8] == PNG and matplotlib.image.imread(png).ndim == 3
+
+    groups = {g.label: g for g in group_runs(load_runs([sweep]))}
+    fig = probe_figure("digits", 10, "", groups)
+    assert [ax.get_title() for ax in fig.axes] == ["superclass probe", "class probe"]
+    assert fig.axes[0].get_xlabel() == "epoch" and "probe accuracy" in fig.axes[0].get_ylabel()
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert labels == [f"baseline stage {k} (n=2)" for k in (1, 2, 3)] + \
+        [f"heads case1 stage {k} (n=2)" for k in (1, 2, 3)]
+    line = fig.axes[0].get_lines()[0]  # baseline, stage 1, superclass: mean of the two seeds, epochs from 1
+    assert np.allclose(line.get_xdata(), [1, 2, 3]) and np.allclose(line.get_ydata(), [61, 62, 63])
+    assert fig.axes[0].get_lines()[0].get_linestyle() != fig.axes[0].get_lines()[3].get_linestyle()
+    assert "scored on the validation split" in fig._suptitle.get_text()
+    assert probe_figure("digits", 10, "", {"case2": groups["case2"]}) is None
