@@ -83,11 +83,27 @@ def _run(tmp_path, name, overrides, callbacks):
         return record, list(csv.DictReader(f))
 
 
+class _Logged(pl.Callback):
+    """What the probes logged in each epoch, read right after their hook."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs.append({c: float(trainer.callback_metrics[c]) for c in COLUMNS})
+
+
 def test_two_epoch_run_logs_six_probe_columns_per_epoch(tmp_path):
-    probes = StageProbes()
-    record, rows = _run(tmp_path, "run", ["trainer.max_epochs=2"], [probes])
+    probes, logged = StageProbes(), _Logged()
+    # Checkpointing on: history rows are then taken when the epoch's checkpoint is saved.
+    record, rows = _run(tmp_path, "run", ["trainer.max_epochs=2", "trainer.enable_checkpointing=true"],
+                          [probes, logged])
     assert record["status"] == "finished" and probes.split == "validation"
     assert [float(r["epoch"]) for r in rows] == [0, 1]
+    # Each epoch's values land in that epoch's history row.
+    for row, values in zip(rows, logged.epochs):
+        assert {c: float(row[c]) for c in COLUMNS} == pytest.approx(values)
+    assert logged.epochs[0] != logged.epochs[1]
     for row in rows:
         values = {c: float(row[c]) for c in COLUMNS}
         assert all(0 <= v <= 100 for v in values.values()), values
