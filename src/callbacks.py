@@ -38,18 +38,24 @@ def _eval_mode(trainer: pl.Trainer, module: pl.LightningModule):
         module.train(was_training)
 
 
-def eval_batches(trainer: pl.Trainer, module: pl.LightningModule, split: str) -> Iterator[tuple]:
-    """(images, superclass, label) batches of a split, normalised but never augmented, on the module's device,
-    with the module in eval mode. The batches are those of the split's evaluation loader (same size, order)."""
+def eval_batches(trainer: pl.Trainer, module: pl.LightningModule, split: str,
+                 index: Optional[torch.Tensor] = None) -> Iterator[tuple]:
+    """(images, superclass, label) batches of a split (or of its rows ``index``), normalised but never augmented,
+    on the module's device, with the module in eval mode. Without ``index`` the batches are those of the split's
+    evaluation loader (same size, same order)."""
     datamodule = trainer.datamodule
     images, superclass, label = datamodule.splits[split]
     device = module.device
     mean, std = datamodule.mean.to(device), datamodule.std.to(device)
     step = datamodule.eval_batch_size
     with _eval_mode(trainer, module):
-        for i in range(0, len(label), step):
-            x = images[i:i + step].to(device, non_blocking=True)
-            yield normalize(x, mean, std), superclass[i:i + step].to(device), label[i:i + step].to(device)
+        for i in range(0, len(label) if index is None else len(index), step):
+            if index is None:
+                rows = slice(i, i + step)
+            else:
+                rows = index[i:i + step].to(images.device)
+            x = images[rows].to(device, non_blocking=True)
+            yield normalize(x, mean, std), superclass[rows].to(device), label[rows].to(device)
 
 
 def confusion_counts(predicted: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:

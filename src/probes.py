@@ -17,8 +17,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
-from src.callbacks import _eval_mode
-from src.data.pipeline import normalize
+from src.callbacks import eval_batches
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +84,6 @@ def probe_subsets(n_train: int, n_val: int, fit_size: int, score_size: int,
 
 # --- the callback -------------------------------------------------------------------------------------
 
-def _subset_batches(trainer: pl.Trainer, module: pl.LightningModule, split: str,
-                    index: torch.Tensor) -> Iterator[tuple]:
-    """``src.callbacks.eval_batches`` restricted to ``index`` of the split: normalised, never augmented,
-    in eval mode without grad, in batches of the evaluation batch size."""
-    datamodule = trainer.datamodule
-    images, superclass, label = datamodule.splits[split]
-    device = module.device
-    mean, std = datamodule.mean.to(device), datamodule.std.to(device)
-    step = datamodule.eval_batch_size
-    with _eval_mode(trainer, module):
-        for i in range(0, len(index), step):
-            rows = index[i:i + step].to(images.device)
-            x = images[rows].to(device, non_blocking=True)
-            yield normalize(x, mean, std), superclass[rows].to(device), label[rows].to(device)
-
-
 class StageProbes(pl.Callback):
     """Linear (ridge) superclass and class probes on the pooled output of each stage, after every epoch.
 
@@ -152,7 +135,7 @@ class StageProbes(pl.Callback):
         handles = [pl_module.net.stages[k - 1].register_forward_hook(hook(k)) for k in STAGES]
         labels = []
         try:
-            for images, superclass, label in _subset_batches(trainer, pl_module, split, index):
+            for images, superclass, label in eval_batches(trainer, pl_module, split, index):
                 pl_module(images, superclass)
                 labels.append(label.cpu())
         finally:

@@ -24,6 +24,7 @@ from src.errors import ConfigError, exit_code, user_error
 from src.evaluation import evaluation_options
 from src.module import HALModule
 from src.paper import CASES, PAPER_CASES
+from src.probes import StageProbes
 from src.records import git_commit, record_failure, write_json
 from src.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
 from src.signals import stop_on_signal
@@ -59,6 +60,8 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
                                  datamodule.class_names, evaluation["inferred_rule"])]
     if cfg.test_curve:
         callbacks.append(PerEpochTestLoss())
+    if cfg.probe:
+        callbacks.append(StageProbes(hierarchy=evaluation["hierarchy"]))
     if cfg.trainer.enable_checkpointing:  # Lightning refuses a ModelCheckpoint otherwise
         callbacks.append(checkpoint_callback(run_dir))
     if cfg.trainer.enable_progress_bar:
@@ -115,6 +118,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     protocols = next(c for c in run_callbacks if isinstance(c, TestProtocols))
     throughput = next(c for c in run_callbacks if isinstance(c, Throughput))
     heads = dict(module.test_heads)
+    probes = [c.split for c in run_callbacks if isinstance(c, StageProbes)]
     if "test_error_heads" in heads:
         heads["test_error_heads"][-1] = test["test/error"]  # the main head, last
     record.update(
@@ -124,7 +128,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
         params_train=sum(p.numel() for p in module.net.parameters()),
         params_inference=sum(p.numel() for p in module.net.parameters()) - sum(
             p.numel() for p in module.net.taps.parameters()),
-        train_images_per_s=throughput.images_per_s,
+        train_images_per_s=throughput.images_per_s, **({"probe_split": probes[0]} if probes else {}),
         resumed_at_epoch=history.resumed_at_epoch, duration_s=round(time.time() - start, 2), status="finished")
     # The HPARAMS tab of `tensorboard --logdir <sweep>` compares the jobs of a sweep on their final metrics.
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics={
