@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -153,6 +154,10 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
 
 
 subprocess_script._hydra_subprocess_cmd = ddp_child_command
+# Under DDP Lightning asks for sync_dist=True on every epoch-level log. Every value logged here is already
+# over all ranks: torchmetrics' compute() syncs, the auxiliary statistics are reduced in
+# HALModule._log_epoch, TestProtocols passes over the whole test set. Averaging equal values again is a no-op.
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.* when logging on epoch level")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
