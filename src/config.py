@@ -2,10 +2,12 @@
 
 ``check_config`` works on any DictConfig, with or without the schema: each violation is one
 ``ConfigError`` line naming the key. The dataclasses type the keys whose values users type on the
-command line; stored in Hydra's ConfigStore as ``base_config`` (and ``dataset/base_dataset``,
-``trainer/base_trainer``) they make Hydra refuse ``seed=abc`` or ``+trainer.foo=1`` at composition.
+command line; stored in Hydra's ConfigStore as ``base_config`` (and ``dataset/base_<kind>``,
+``trainer/base_trainer``) by ``register_schema`` (run at import), they make Hydra refuse ``seed=abc`` or
+``+trainer.foo=1`` at composition. conf/config.yaml, conf/trainer/default.yaml and each
+conf/dataset/<name>.yaml name their schema first in their defaults list.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -20,6 +22,8 @@ RULES = (
     ("optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
     ("dataset.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.max_epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("depth", lambda v: isinstance(v, int) and v >= 10 and (v - 4) % 6 == 0, "6n+4 with n >= 1 (10, 16, 28, ...)"),
+    ("divergence_factor", lambda v: _number(v) and v > 0, "> 0"),
     ("model.depth", lambda v: isinstance(v, int) and v >= 10 and (v - 4) % 6 == 0, "6n+4 with n >= 1 (10, 16, 28, ...)"),
 )
 
@@ -29,7 +33,9 @@ def _number(v: Any) -> bool:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise a one-line ``ConfigError`` for the first key out of its range; absent keys are skipped."""
+    """Raise a one-line ``ConfigError`` for a key its schema lacks, or the first key out of its range;
+    absent keys are skipped."""
+    _check_keys(cfg)
     for key, ok, must in RULES:
         value = OmegaConf.select(cfg, key, default=MISSING)
         if value is MISSING:
@@ -38,10 +44,26 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {must}, got {value!r}")
 
 
+def _check_keys(node: DictConfig, prefix: str = "") -> None:
+    """Hydra adds ``+trainer.foo=1`` even to a typed node (``force_add``): refuse keys the schema lacks here."""
+    schema = OmegaConf.get_type(node)
+    if is_dataclass(schema):
+        known = [f.name for f in fields(schema)]
+        extra = [k for k in node if k not in known]
+        if extra:
+            raise ConfigError(f"{prefix}{extra[0]} is not a key of {prefix.rstrip('.') or 'the config'} "
+                              f"(a typo? its keys: {', '.join(k for k in known if not k.startswith('_'))})")
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _check_keys(child, f"{prefix}{key}.")
+
+
 @dataclass
 class TrainerConfig:
     """Trainer keys users may set. The schema is closed: ``+trainer.foo=1`` is refused at composition,
-    so a Trainer argument not listed here must be added here to be usable."""
+    so a Trainer argument not listed here must be added here to be usable. A MISSING key (strategy,
+    num_nodes) reaches the Trainer only when set, with or without ``+`` (``+trainer.strategy=ddp``)."""
     max_epochs: int = 30
     accelerator: str = "auto"
     devices: Any = 1  # int, list or "auto"
@@ -55,8 +77,8 @@ class TrainerConfig:
     enable_checkpointing: bool = True
     fast_dev_run: Any = False  # bool or int
     gradient_clip_val: Optional[float] = 1.0
-    strategy: Any = "auto"
-    num_nodes: int = 1
+    strategy: Any = MISSING  # "ddp", "auto", ...
+    num_nodes: int = MISSING
     limit_train_batches: Optional[Any] = None
     limit_val_batches: Optional[Any] = None
     limit_test_batches: Optional[Any] = None
@@ -69,7 +91,8 @@ class DatasetConfig:
     and reaches its constructor: defaults here equal the constructor's."""
     _target_: str = MISSING
     name: str = MISSING
-    depth: int = MISSING
+    data_dir: str = "data"
+    download: bool = True
     batch_size: int = 128
     eval_batch_size: int = 512
     val_size: Any = 0.1  # a fraction (float) or a number of images (int)
@@ -84,8 +107,6 @@ class DatasetConfig:
 @dataclass
 class FileDatasetConfig(DatasetConfig):
     """digits, mnist."""
-    data_dir: str = "data"
-    download: bool = True
 
 
 @dataclass
@@ -100,7 +121,7 @@ class SVHNConfig(Cifar10Config):
 
 @dataclass
 class FolderConfig(DatasetConfig):
-    root: str = MISSING
+    root: Optional[str] = None  # required: FolderDataModule says so in one line
     superclass_file: Optional[str] = None
     image_size: Optional[int] = None
 
@@ -127,12 +148,15 @@ class Config:
     """The primary config's typed top level. Groups whose options differ in shape (case, eval, method)
     stay open (``Any``)."""
     seed: Optional[int] = 0
+    depth: int = MISSING  # conf/config.yaml: the dataset's paper depth
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     dataset: Any = MISSING  # typed by each option's base (DATASET_SCHEMAS)
     trainer: TrainerConfig = MISSING
     case: Any = MISSING
+    method: Any = MISSING
     eval: Any = None
+    divergence_factor: float = 10.0
     lr_min: float = 0.0
     channels_last: bool = True
     compile: bool = False
@@ -152,3 +176,6 @@ def register_schema() -> None:
     for name, node in DATASET_SCHEMAS.items():
         cs.store(group="dataset", name=name, node=node)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+
+
+register_schema()  # at import: src.train and the tests compose only after importing this module

@@ -16,6 +16,7 @@ Every run leaves what this needs in ``RUN_DIR/hierarchy.npz`` (``src.callbacks.D
 import argparse
 import shlex
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -52,12 +53,18 @@ def load_discovery_inputs(run_dir: Path) -> dict:
         raise DiscoveryError(f"{run_dir} is not a run directory")
     if not path.exists():
         raise DiscoveryError(f"{path} not found: discovery needs a run that finished with this version of src.train")
-    with np.load(path, allow_pickle=False) as f:
-        data = {key: f[key] for key in f.files}
-    for key in ("dataset", "case", "protocol"):
-        data[key] = str(data[key])
-    data["class_names"] = [str(c) for c in data["class_names"]]
-    data["superclasses"] = data["superclasses"].tolist() or None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {key: f[key] for key in f.files}
+        for key in ("dataset", "case", "protocol"):
+            data[key] = str(data[key])
+        data["class_names"] = [str(c) for c in data["class_names"]]
+        data["superclasses"] = data["superclasses"].tolist() or None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        # A truncated or overwritten file (np.load: BadZipFile, EOFError, ValueError, "Failed to interpret")
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DiscoveryError(f"{path} is damaged ({reason}); re-run the training job: delete its metrics.json, "
+                             "then the same command") from None
     return data
 
 

@@ -5,6 +5,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+import src.config  # noqa: F401  registers the typed schema (base_config) in ConfigStore before composing
+
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"
 

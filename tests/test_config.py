@@ -1,9 +1,16 @@
-"""Range checks on real composed configs, and the typed schema against every dataset's config."""
-import pytest
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+"""Range checks on real composed configs, the typed schema against every dataset's config, and the
+command line's one-line errors."""
+import subprocess
+import sys
+from pathlib import Path
 
-from src.config import Cifar10Config, Config, FileDatasetConfig, SVHNConfig, check_config
+import numpy as np
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from src.config import Cifar10Config, Config, FileDatasetConfig, FolderConfig, SVHNConfig, TrainerConfig, check_config
 from src.errors import ConfigError
 from tests.conftest import compose_cfg
 
@@ -18,8 +25,7 @@ def test_the_shipped_configs_pass(dataset):
     ("optimizer.momentum=1.0", "optimizer.momentum"), ("optimizer.momentum=-0.5", "optimizer.momentum"),
     ("dataset.batch_size=0", "dataset.batch_size"), ("seed=-1", "seed"), (f"seed={2**32}", "seed"),
     ("trainer.max_epochs=0", "trainer.max_epochs"), ("model.depth=12", "model.depth"),
-    ("model.depth=4", "model.depth"), ("seed=abc", "seed"), ("trainer.max_epochs=abc", "trainer.max_epochs"),
-    ("optimizer.lr=true", "optimizer.lr"),
+    ("model.depth=4", "model.depth"), ("depth=12", "depth"), ("divergence_factor=0", "divergence_factor"),
 ])
 def test_a_value_out_of_range_is_one_line_naming_the_key(override, key):
     with pytest.raises(ConfigError) as info:
@@ -33,25 +39,83 @@ def test_values_at_the_edges_pass(override):
     check_config(compose_cfg([override]))
 
 
-@pytest.mark.parametrize("dataset", ["digits", "mnist", "svhn", "cifar10"])
-def test_every_dataset_fits_the_schema(dataset):
-    merge_into_schema(compose_cfg([f"dataset={dataset}"]))
+@pytest.mark.parametrize("dataset, schema", [("digits", FileDatasetConfig), ("mnist", FileDatasetConfig),
+                                             ("svhn", SVHNConfig), ("cifar10", Cifar10Config),
+                                             ("folder", FolderConfig)])
+def test_every_dataset_composes_typed_by_its_schema(dataset, schema):
+    cfg = compose_cfg([f"dataset={dataset}"] + (["case=custom"] if dataset == "folder" else []))
+    assert OmegaConf.get_type(cfg.dataset) is schema and OmegaConf.get_type(cfg.trainer) is TrainerConfig
+    assert OmegaConf.get_type(cfg) is Config
 
 
-SCHEMAS = {"digits": FileDatasetConfig, "mnist": FileDatasetConfig, "svhn": SVHNConfig, "cifar10": Cifar10Config}
+@pytest.mark.parametrize("override", ["seed=abc", "trainer.max_epochs=abc", "model.depth=abc", "depth=abc",
+                                      "optimizer.lr=true"])
+def test_the_schema_refuses_bad_types_at_composition(override):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg([override])
+    assert isinstance(info.value.__cause__, ValidationError)
+    assert f"full_key: {override.split('=')[0]}" in str(info.value.__cause__)
 
 
-def merge_into_schema(cfg):
-    """What Hydra does once the YAMLs name their bases: the schema first, the YAML merged over it."""
-    schema = OmegaConf.structured(Config)
-    schema.dataset = OmegaConf.structured(SCHEMAS[cfg.dataset.name])
-    return OmegaConf.merge(schema, OmegaConf.masked_copy(cfg, list(Config.__dataclass_fields__)))
+@pytest.mark.parametrize("override", ["+trainer.foo=1", "+dataset.foo=1", "+model.foo=1", "+optimizer.foo=1"])
+def test_keys_the_schema_lacks_are_refused(override):
+    """Hydra's ``+key=value`` adds even to a typed node; check_config refuses the key, naming it."""
+    with pytest.raises(ConfigError, match=rf"^{override[1:].split('=')[0]} is not a key of "):
+        check_config(compose_cfg([override]))
 
 
-@pytest.mark.parametrize("override, error", [("seed=abc", ValidationError), ("trainer.max_epochs=abc", ValidationError),
-                                             ("model.depth=abc", ValidationError), ("+trainer.foo=1", ConfigKeyError),
-                                             ("+dataset.foo=1", ConfigKeyError)])
-def test_the_schema_refuses_typos_and_bad_types(override, error):
+@pytest.mark.parametrize("override", ["+trainer.strategy=ddp", "trainer.strategy=ddp"])
+def test_strategy_is_set_with_or_without_plus(override):
     cfg = compose_cfg([override])
-    with pytest.raises(error, match=override.lstrip("+").split("=")[0].split(".")[-1]):
-        merge_into_schema(cfg)
+    check_config(cfg)
+    assert cfg.trainer.strategy == "ddp" and OmegaConf.is_missing(compose_cfg().trainer, "strategy")
+
+
+# Every typo or bad value: one `error:` line on stderr naming the key, exit status 1, no traceback.
+ROOT = Path(__file__).resolve().parents[1]
+TYPOS = [("seed=abc", "seed"), ("seed=1099511627776", "seed"), ("optimizer.lr=-1", "optimizer.lr"),
+         ("optimizer.momentum=-1", "optimizer.momentum"), ("dataset.batch_size=0", "dataset.batch_size"),
+         ("trainer.max_epochs=-1", "trainer.max_epochs"), ("trainer.max_epochs=0", "trainer.max_epochs"),
+         ("trainer.max_epochs=abc", "trainer.max_epochs"), ("+trainer.foo=1", "trainer.foo"),
+         ("+dataset.foo=1", "dataset.foo"), ("model.depth=abc", "model.depth"), ("depth=-4", "depth"),
+         ("case=custom case.file=/bin/ls", "case.file"), ("case=custom case.file=RANDOM", "case.file"),
+         ("hydra.run.dir=AFILE/sub", "hydra.run.dir")]
+FAST_TYPOS = ["seed=abc", "+trainer.foo=1", "depth=-4"]
+
+
+def run_cli(override: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "afile").write_text("a regular file: no dir can be made under it (tests run as root)")
+    args = override.replace("RANDOM", str(tmp_path / "random.bin")).replace("AFILE", str(tmp_path / "afile")).split()
+    if not override.startswith("hydra.run.dir"):
+        args.append(f"hydra.run.dir={tmp_path / 'run'}")
+    return subprocess.run([sys.executable, "-m", "src.train", *args, "trainer.enable_progress_bar=false"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def check_one_line(proc: subprocess.CompletedProcess, key: str) -> None:
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    names = lines[0].replace("superclass file", "case.file").replace("run dir (hydra.run.dir", "hydra.run.dir")
+    assert key in names.split(":")[1] if key == "hydra.run.dir" else key in names, lines[0]
+
+
+@pytest.mark.parametrize("override, key", [t for t in TYPOS if t[0] in FAST_TYPOS])
+def test_typos_are_one_line_naming_the_key(override, key, tmp_path):
+    check_one_line(run_cli(override, tmp_path), key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, key", TYPOS)
+def test_every_typo_and_bad_value_is_one_line_naming_the_key(override, key, tmp_path):
+    check_one_line(run_cli(override, tmp_path), key)
+
+
+@pytest.mark.parametrize("override, option", [("case=case9", "case/case9"), ("method=foo", "method/foo")])
+def test_unknown_group_options_are_refused_listing_the_options(override, option, tmp_path):
+    proc = run_cli(override, tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: In 'config': Could not find '{option}'") and "Available options" in proc.stderr
+    assert not (tmp_path / "run").exists()

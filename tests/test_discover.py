@@ -162,3 +162,22 @@ def test_missing_run_is_a_clear_error(tmp_path):
         discover(tmp_path, 2)
     with pytest.raises(DiscoveryError, match="not a run directory"):
         discover(tmp_path / "nope", 2)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"\x93NUMPY not a zip", None])
+def test_a_damaged_hierarchy_file_is_one_line(tmp_path, capsys, content):
+    """A truncated or overwritten hierarchy.npz: one `error:` line from the CLI, exit status 1."""
+    from src.discover import main
+
+    path = tmp_path / "hierarchy.npz"
+    if content is None:  # a real archive, cut in half
+        np.savez(path, dataset="digits", case="case1", class_names=np.array(["0", "1"]), superclasses=np.array([0, 1]))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DiscoveryError, match="hierarchy.npz is damaged"):
+        discover(tmp_path, 2)
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path), "--k", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1 and err[0].startswith("error: ") and "damaged" in err[0]

@@ -11,6 +11,8 @@ from src.paper import default_depth
 
 DATASETS = sorted(p.stem for p in Path(CONF, "dataset").glob("*.yaml") if p.stem != "base")
 CASES = ["baseline", "case1", "case2", "case3", "case4"]
+METHODS = sorted(p.stem for p in Path(CONF, "method").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,6 +27,24 @@ def test_every_dataset_case_depth_composes(dataset, case, depth):
     assert cfg.model.depth == (depth or default_depth(dataset))
     net = instantiate(cfg.model, num_classes=10, in_channels=3, num_superclasses=None if case == "baseline" else 2)
     assert net.depth == cfg.model.depth and (net.auxiliary is None) == (case == "baseline")
+
+
+@pytest.mark.parametrize("dataset, case", [(d, c) for d in DATASETS
+                                           for c in (["baseline", "custom"] if d == "folder" else CASES)])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_dataset_case_method_composes_and_passes_the_checks(dataset, case, method):
+    from src.config import check_config
+
+    cfg = compose_cfg([f"dataset={dataset}", f"case={case}", f"method={method}"])
+    check_config(cfg)
+    assert (cfg.dataset.name, cfg.case.name, cfg.method.name) == (dataset, case, method)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_passes_the_checks(experiment):
+    from src.config import check_config
+
+    check_config(compose_cfg([f"experiment={experiment}"]))
 
 
 def test_fast_dev_run(run_train):

@@ -126,6 +126,9 @@ def resolve_case(case: Mapping, dataset: str, class_names: Sequence[str]) -> Opt
                 mapping = yaml.safe_load(f)
         except OSError as e:
             raise SuperclassError(f"cannot read superclass file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise SuperclassError(f"superclass file {path} is not a text (UTF-8) file: case.file needs a "
+                                  "YAML mapping {superclass: [classes]}") from None
         except yaml.YAMLError as e:
             raise SuperclassError(f"superclass file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     return custom_table(mapping, class_names)[0]

@@ -1,0 +1,57 @@
+"""A sweep SIGKILLed at random moments, rerun until it finishes, ends with the results of a sweep never killed."""
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = ("duration_s", "train_images_per_s", "resumed_at_epoch", "git_commit")
+
+
+def sweep(sweep_dir: Path) -> subprocess.Popen:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    log = open(sweep_dir.parent / f"{sweep_dir.name}.log", "a")  # a file, not a pipe: a full pipe blocks
+    return subprocess.Popen([sys.executable, "-m", "src.train", "-m", "experiment=smoke", "case=case1,case2",
+                             "seed=0,1", "trainer.max_epochs=3", "trainer.accelerator=cpu",
+                             f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def records(sweep_dir: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")}
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_at_random_moments_ends_as_one_never_killed(tmp_path):
+    reference = sweep(tmp_path / "reference")
+    assert reference.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    expected = records(tmp_path / "reference")
+    assert len(expected) == 4 and all(r["status"] == "finished" for r in expected.values())
+
+    rng, killed, target = random.Random(0), 0, tmp_path / "killed"
+    for attempt in range(30):
+        proc = sweep(target)
+        try:
+            # The whole sweep takes ~15 s here, start-up ~4 s of each attempt: some kills land there.
+            code = proc.wait(timeout=rng.uniform(2, 7))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            killed += 1
+            continue
+        assert code == 0, (tmp_path / "killed.log").read_text()[-3000:]
+        break
+    else:
+        pytest.fail("the sweep never finished")
+    assert killed >= 3, "too few kills to test anything: widen the window"
+
+    got = records(target)
+    assert sorted(got) == sorted(expected)
+    drop = lambda r: {k: v for k, v in r.items() if k not in TIMING}
+    for job, record in got.items():
+        assert drop(record) == drop(expected[job]), job
+    assert not list(target.rglob("*.tmp"))
