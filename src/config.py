@@ -162,6 +162,7 @@ class Config:
     compile: bool = False
     progress_refresh_rate: int = 10
     test_curve: bool = False
+    probe: bool = False
 
 
 # The base each conf/dataset/*.yaml names first in its defaults list.
