@@ -8,7 +8,7 @@
   ``python -m src.discover`` clusters.
 
 None of them changes weights, BatchNorm statistics or random state, and nothing they compute feeds back into
-training or model selection. The callbacks of resuming are in ``src/resume.py``.
+training or model selection. A callback's ``record`` (a dict) is added to the run's ``metrics.json``. The callbacks of resuming are in ``src/resume.py``.
 """
 import contextlib
 import time
@@ -105,8 +105,8 @@ class Throughput(pl.Callback):
             self.seconds += time.perf_counter() - self.start
 
     @property
-    def images_per_s(self) -> Optional[float]:
-        return round(self.images / self.seconds, 1) if self.seconds else None
+    def record(self) -> dict:
+        return {"train_images_per_s": round(self.images / self.seconds, 1) if self.seconds else None}
 
 
 class AuxiliaryScores(pl.Callback):
@@ -164,6 +164,7 @@ class TestProtocols(pl.Callback):
         vectors = pl_module.net.class_vectors().detach().float().cpu().numpy()
         self.record = evaluation_record(matrices, self.hierarchy, self.metrics_protocol, vectors)
         self.record["test_error_masked"] = {name: error(confusions[f"masked/{name}"].numpy()) for name in self.masked}
+        self.record.update(eval_hierarchy=self.hierarchy, inferred_rule=self.inferred_rule)
         for key, value in self.record.items():
             if isinstance(value, float):
                 pl_module.log(f"test/{key.removeprefix('test_')}", value)

@@ -26,7 +26,7 @@ from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
 
 from src.data.superclasses import superclass_table
-from src.paper import PAPER_CASES
+from src.paper import CASES, PAPER_CASES
 from src.errors import UserError
 from src.hierarchy import hierarchy_mean_corr, hierarchy_rf
 
@@ -133,6 +133,17 @@ def masked_scores(logits: torch.Tensor, label: torch.Tensor, table: Sequence[int
     t = torch.as_tensor(table, device=logits.device)
     same = t[None, :] == t[label][:, None]  # (B, K): class c is in image b's superclass
     return logits.float().masked_fill(~same, float("-inf"))
+
+
+def masked_tables(dataset: str, case: str, table: Optional[Sequence[int]], auxiliary: bool) -> dict[str, list[int]]:
+    """The superclass tables of the ``masked`` protocol: a run with the block, its own (the same hint as its
+    oracle); any other run, every Table 1 case of its dataset and its own case or ``eval.hierarchy``."""
+    if auxiliary:
+        return {case: list(table)}
+    tables = {c: superclass_table(dataset, c) for c in CASES} if dataset in PAPER_CASES else {}
+    if table is not None:
+        tables.setdefault(case, list(table))
+    return tables
 
 
 # --- hierarchy metrics (all in %) -----------------------------------------------------------------

@@ -107,9 +107,11 @@ class HALModule(pl.LightningModule):
         self.z_inside[i, 0] += ((z > 0) & (z < 1)).sum()
         self.z_inside[i, 1] += z.numel()
 
-    def _log_epoch(self, stage: str) -> None:
+    def _log_epoch(self, stage: str) -> float:
+        """Log the epoch's metrics of ``stage`` and reset them; returns its error %."""
+        error = 100 * (1 - self.acc[stage + "_"].compute())
         self.log(f"{stage}/loss", self.loss[stage + "_"].compute(), prog_bar=stage == "val")
-        self.log(f"{stage}/error", 100 * (1 - self.acc[stage + "_"].compute()), prog_bar=stage == "val")
+        self.log(f"{stage}/error", error, prog_bar=stage == "val")
         self.loss[stage + "_"].reset()
         self.acc[stage + "_"].reset()
         if self.has_auxiliary:
@@ -126,6 +128,7 @@ class HALModule(pl.LightningModule):
             self.log(f"{stage}_aux/z_in_unit_interval", inside / numel.clamp(min=1))
             self.aux_stats[i].zero_()
             self.z_inside[i].zero_()
+        return float(error)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
@@ -153,16 +156,21 @@ class HALModule(pl.LightningModule):
         self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        error = self._log_epoch("test")
         counts = self.trainer.strategy.reduce(self.head_correct.clone(), reduce_op="sum").tolist()
         self.head_correct.zero_()
         n, k = max(counts[-1], 1), len(self.class_taps)
-        # Each class head's test error, the main head last (train() fills in test_error); superclass heads' accuracy.
+        # Each class head's test error, the main head last; the superclass heads' accuracy.
         if self.class_taps:
-            self.test_heads["test_error_heads"] = [100 * (1 - c / n) for c in counts[:k]] + [None]
+            self.test_heads["test_error_heads"] = [100 * (1 - c / n) for c in counts[:k]] + [error]
         if self.superclass_taps:
             self.test_heads["test_superclass_acc_heads"] = {
                 name: 100 * c / n for name, c in zip(self.superclass_taps, counts[k:-1])}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters trained, and those left at inference (the method's extra heads dropped)."""
+        total = sum(p.numel() for p in self.net.parameters())
+        return {"params_train": total, "params_inference": total - sum(p.numel() for p in self.net.taps.parameters())}
 
     def configure_optimizers(self):
         optimizer = self.optimizer(params=self.parameters())

@@ -143,6 +143,10 @@ class StageProbes(pl.Callback):
                 handle.remove()
         return {k: torch.cat(v) for k, v in captured.items()}, torch.cat(labels)
 
+    @property
+    def record(self) -> dict:
+        return {"probe_split": self.split}
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         x_fit, y_fit = self.stage_features(trainer, pl_module, "train", self._fit_index)
         x_score, y_score = self.stage_features(trainer, pl_module, self._score_split, self._score_index)

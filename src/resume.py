@@ -50,6 +50,10 @@ class EpochHistory(pl.Callback):
         self.ended_epoch = None  # an epoch that ended and has no row yet
         self.resumed_at_epoch = None  # the first epoch this run trained after restoring a checkpoint
 
+    @property
+    def record(self) -> dict:
+        return {"resumed_at_epoch": self.resumed_at_epoch}
+
     def state_dict(self) -> dict:
         return {"rows": self.rows}
 

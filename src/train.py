@@ -4,10 +4,8 @@
 the callbacks of a run (tests and benchmarks call it too). ``train(cfg, run_dir)`` fits, tests and records.
 """
 import logging
-import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -15,20 +13,17 @@ from typing import Optional
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, OverrideParseException
 from hydra.types import RunMode
-from hydra.utils import get_original_cwd, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from pytorch_lightning.strategies.launchers import subprocess_script
 
 from src.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols, Throughput
 from src.config import check_config
-from src.data.superclasses import resolve_case, superclass_table
+from src.data.superclasses import resolve_case
 from src.errors import ConfigError, exit_code, user_error
-from src.evaluation import evaluation_options
+from src import launch
+from src.evaluation import evaluation_options, masked_tables
 from src.module import HALModule
-from src.paper import CASES, PAPER_CASES
 from src.probes import StageProbes
 from src.records import git_commit, record_failure, write_json
 from src.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
@@ -60,7 +55,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     callbacks = [EpochHistory(run_dir / "history.csv"), RNGState(), AuxiliaryScores(run_dir / "aux_scores.npz"),
                  Throughput(), pl.callbacks.LearningRateMonitor(logging_interval="epoch"),
                  TestProtocols(run_dir, class_names=datamodule.class_names,
-                               masked=masked_tables(cfg, table, net.auxiliary is not None), **evaluation),
+                               masked=masked_tables(cfg.dataset.name, cfg.case.name, table, net.auxiliary is not None), **evaluation),
                  DiscoveryInputs(run_dir / "hierarchy.npz", cfg.dataset.name, cfg.case.name, table,
                                  datamodule.class_names, evaluation["inferred_rule"])]
     if cfg.test_curve:
@@ -73,18 +68,6 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
         # A redraw every step is a terminal write every step: measurable on a GPU at hundreds of steps/s.
         callbacks.append(pl.callbacks.TQDMProgressBar(cfg.progress_refresh_rate))
     return datamodule, module, callbacks
-
-
-def masked_tables(cfg: DictConfig, table: Optional[list[int]], auxiliary: bool) -> dict[str, list[int]]:
-    """The superclass tables of the ``masked`` protocol: a run with the block, its own (the same hint as its
-    oracle); any other run, every Table 1 case of its dataset and its own case or ``eval.hierarchy``."""
-    name = cfg.case.name
-    if auxiliary:
-        return {name: table}
-    tables = {c: superclass_table(cfg.dataset.name, c) for c in CASES} if cfg.dataset.name in PAPER_CASES else {}
-    if table is not None:
-        tables.setdefault(name, table)
-    return tables
 
 
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> dict:
@@ -110,7 +93,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
 
     logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
     # val_size=0 (the paper's protocol): no validation loop, rather than an empty one logging NaN metrics.
-    trainer_args = {**{k: cfg.trainer[k] for k in cfg.trainer if not OmegaConf.is_missing(cfg.trainer, k)}, **({"limit_val_batches": 0} if len(datamodule.splits["val"][0]) == 0 else {})}
+    trainer_args = {k: cfg.trainer[k] for k in cfg.trainer if not OmegaConf.is_missing(cfg.trainer, k)}
+    if len(datamodule.splits["val"][0]) == 0:
+        trainer_args["limit_val_batches"] = 0
     trainer = pl.Trainer(**trainer_args, logger=logger, default_root_dir=str(run_dir),
                          callbacks=[*run_callbacks, *callbacks])
     checkpoint = usable_checkpoint(run_dir) if cfg.trainer.enable_checkpointing else None
@@ -120,21 +105,11 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     val = trainer.callback_metrics or (history.rows[-1] if history.rows else {})
     val_error = float(val["val/error"]) if "val/error" in val else None  # read before test() replaces them
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    protocols = next(c for c in run_callbacks if isinstance(c, TestProtocols))
-    throughput = next(c for c in run_callbacks if isinstance(c, Throughput))
-    heads = dict(module.test_heads)
-    probes = [c.split for c in run_callbacks if isinstance(c, StageProbes)]
-    if "test_error_heads" in heads:
-        heads["test_error_heads"][-1] = test["test/error"]  # the main head, last
-    record.update(
-        test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
-        val_error=val_error, **protocols.record, **heads,
-        eval_hierarchy=protocols.hierarchy, inferred_rule=protocols.inferred_rule,
-        params_train=sum(p.numel() for p in module.net.parameters()),
-        params_inference=sum(p.numel() for p in module.net.parameters()) - sum(
-            p.numel() for p in module.net.taps.parameters()),
-        train_images_per_s=throughput.images_per_s, **({"probe_split": probes[0]} if probes else {}),
-        resumed_at_epoch=history.resumed_at_epoch, duration_s=round(time.time() - start, 2), status="finished")
+    record.update(test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
+                  val_error=val_error, **module.test_heads, **module.parameter_counts())
+    for callback in run_callbacks:  # what the extra passes measured (protocols, throughput, resume, probes)
+        record.update(getattr(callback, "record", {}))
+    record.update(duration_s=round(time.time() - start, 2), status="finished")
     # The HPARAMS tab of `tensorboard --logdir <sweep>` compares the jobs of a sweep on their final metrics.
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics={
         f"hparams/{k}": v for k, v in record.items() if isinstance(v, float) and k.startswith("test_")})
@@ -142,31 +117,9 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     return record
 
 
-def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
-    """The command Lightning's DDP launcher starts for ranks 1..N-1 of this job (replacing its own
-    ``_hydra_subprocess_cmd``, which re-runs ``sys.argv``: in a multirun that is the whole sweep, ``-m``
-    included). This job's own overrides, its run dir, and no ``.hydra/`` copy: rank 0 wrote it."""
-    hydra_cfg = HydraConfig.get()
-    argv, flags = sys.argv[1:], []
-    for i, arg in enumerate(argv):  # the config dir/name options, as given
-        if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
-            flags += [arg] if "=" in arg else argv[i:i + 2]
-    command = [sys.executable, "-m", "src.train", *flags, *hydra_cfg.overrides.task,
-               f"hydra.run.dir={hydra_cfg.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
-               "hydra.output_subdir=null"]
-    return command, get_original_cwd()
-
-
-subprocess_script._hydra_subprocess_cmd = ddp_child_command
-# Under DDP Lightning asks for sync_dist=True on every epoch-level log. Every value logged here is already
-# over all ranks: torchmetrics' compute() syncs, the auxiliary statistics are reduced in
-# HALModule._log_epoch, TestProtocols passes over the whole test set. Averaging equal values again is a no-op.
-warnings.filterwarnings("ignore", message=r".*sync_dist=True.* when logging on epoch level")
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
-    os.environ.pop(_WRAPPED, None) and os.environ.pop("HYDRA_FULL_ERROR", None)  # see cli()
+    launch.entered()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         with stop_on_signal(run_dir, cfg) as guard:
@@ -182,45 +135,5 @@ def main(cfg: DictConfig) -> dict:
         sys.exit(exit_code(e))
 
 
-_WRAPPED = "_HAL_HYDRA_FULL_ERROR"
-
-
-def hydra_error(error: BaseException) -> Optional[ConfigError]:
-    """One line for what Hydra raises before ``main`` runs: a value the schema refuses (naming its key), a bad
-    override, a run dir it cannot create. None for anything else."""
-    if isinstance(error, OSError) and error.filename is not None:
-        return ConfigError(f"cannot write the run dir (hydra.run.dir / hydra.sweep.dir): {error.strerror}: "
-                           f"{error.filename}")
-    if not isinstance(error, (HydraException, OmegaConfBaseException)):
-        return None
-    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
-    first = next((line for line in lines if not line.startswith(("In '", "full_key:", "object_type=",
-                                                                  "reference_type="))), type(cause).__name__)
-    if key:
-        return ConfigError(f"{key}: {first}")
-    if isinstance(error, OverrideParseException) or "Could not find" not in str(error):
-        return ConfigError(first)
-    # An unknown group option: Hydra's message lists the options (its search path is left out).
-    return ConfigError(str(error).split("Config search path")[0].strip())
-
-
-def cli() -> None:
-    """``python -m src.train``: also what Hydra refuses before ``main`` runs is one ``error:`` line, exit 1.
-    Hydra prints those errors itself, over several lines, unless ``HYDRA_FULL_ERROR`` is set
-    (hydra/_internal/utils.py, ``run_and_report``): set it so they reach here; ``main`` unsets it, so its
-    own errors and the DDP ranks it starts are as before. A user's own HYDRA_FULL_ERROR=1 is left alone."""
-    if "HYDRA_FULL_ERROR" in os.environ:
-        return main()
-    os.environ.update({"HYDRA_FULL_ERROR": "1", _WRAPPED: "1"})
-    try:
-        main()
-    except Exception as e:
-        if os.environ.get(_WRAPPED) is None:  # raised after main() started: not Hydra's composition
-            raise
-        sys.exit(exit_code(hydra_error(e) or e))
-
-
 if __name__ == "__main__":
-    cli()
+    launch.cli(main)

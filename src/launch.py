@@ -1,0 +1,85 @@
+"""How ``python -m src.train`` is launched, beyond ``@hydra.main``.
+
+- ``cli(main)``: what Hydra refuses before ``main`` runs (a value the schema refuses, a bad override, a run
+  dir it cannot create) is one ``error:`` line and exit status 1, like every other bad input.
+- DDP: Lightning's launcher starts ranks 1..N-1 of a job with ``ddp_child_command``: this job only, in its
+  run dir (Lightning's own re-runs ``sys.argv``, which in a multirun is the whole sweep).
+"""
+import os
+import sys
+import warnings
+from typing import Callable, Optional
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, OverrideParseException
+from hydra.utils import get_original_cwd
+from omegaconf.errors import OmegaConfBaseException
+from pytorch_lightning.strategies.launchers import subprocess_script
+
+from src.errors import ConfigError, exit_code
+
+
+def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning's DDP launcher starts for ranks 1..N-1 of this job (replacing its own
+    ``_hydra_subprocess_cmd``, which re-runs ``sys.argv``: in a multirun that is the whole sweep, ``-m``
+    included). This job's own overrides, its run dir, and no ``.hydra/`` copy: rank 0 wrote it."""
+    hydra_cfg = HydraConfig.get()
+    argv, flags = sys.argv[1:], []
+    for i, arg in enumerate(argv):  # the config dir/name options, as given
+        if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
+            flags += [arg] if "=" in arg else argv[i:i + 2]
+    command = [sys.executable, "-m", "src.train", *flags, *hydra_cfg.overrides.task,
+               f"hydra.run.dir={hydra_cfg.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
+               "hydra.output_subdir=null"]
+    return command, get_original_cwd()
+
+
+subprocess_script._hydra_subprocess_cmd = ddp_child_command
+# Under DDP Lightning asks for sync_dist=True on every epoch-level log. Every value logged here is already
+# over all ranks: torchmetrics' compute() syncs, the auxiliary statistics are reduced in
+# HALModule._log_epoch, TestProtocols passes over the whole test set. Averaging equal values again is a no-op.
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.* when logging on epoch level")
+
+_WRAPPED = "_HAL_HYDRA_FULL_ERROR"
+
+
+def hydra_error(error: BaseException) -> Optional[ConfigError]:
+    """One line for what Hydra raises before ``main`` runs: a value the schema refuses (naming its key), a bad
+    override, a run dir it cannot create. None for anything else."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return ConfigError(f"cannot write the run dir (hydra.run.dir / hydra.sweep.dir): {error.strerror}: "
+                           f"{error.filename}")
+    if not isinstance(error, (HydraException, OmegaConfBaseException)):
+        return None
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    first = next((line for line in lines if not line.startswith(("In '", "full_key:", "object_type=",
+                                                                  "reference_type="))), type(cause).__name__)
+    if key:
+        return ConfigError(f"{key}: {first}")
+    if isinstance(error, OverrideParseException) or "Could not find" not in str(error):
+        return ConfigError(first)
+    # An unknown group option: Hydra's message lists the options (its search path is left out).
+    return ConfigError(str(error).split("Config search path")[0].strip())
+
+
+def entered() -> None:
+    """First thing in ``main``: composition is over, so Hydra's errors are no longer ours to report (see ``cli``)."""
+    os.environ.pop(_WRAPPED, None) and os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def cli(main: Callable[[], object]) -> None:
+    """``python -m src.train``: also what Hydra refuses before ``main`` runs is one ``error:`` line, exit 1.
+    Hydra prints those errors itself, over several lines, unless ``HYDRA_FULL_ERROR`` is set
+    (hydra/_internal/utils.py, ``run_and_report``): set it so they reach here; ``main`` unsets it, so its
+    own errors and the DDP ranks it starts are as before. A user's own HYDRA_FULL_ERROR=1 is left alone."""
+    if "HYDRA_FULL_ERROR" in os.environ:
+        return main()
+    os.environ.update({"HYDRA_FULL_ERROR": "1", _WRAPPED: "1"})
+    try:
+        main()
+    except Exception as e:
+        if os.environ.get(_WRAPPED) is None:  # raised after main() started: not Hydra's composition
+            raise
+        sys.exit(exit_code(hydra_error(e) or e))
