@@ -19,25 +19,26 @@ ROOT = Path(__file__).resolve().parents[1]
 # The paper's cases name classes of its datasets; a folder of your own images takes case=custom.
 @pytest.mark.parametrize("dataset, case", [(d, c) for d in DATASETS
                                            for c in (["baseline", "custom"] if d == "folder" else CASES)])
-@pytest.mark.parametrize("depth", [None, 16])
-def test_every_dataset_case_depth_composes(dataset, case, depth):
-    overrides = [f"dataset={dataset}", f"case={case}"] + ([f"depth={depth}"] if depth else [])
-    cfg = compose_cfg(overrides)
+def test_every_dataset_case_composes_and_instantiates(dataset, case):
+    from src.config import check_config
+
+    cfg = compose_cfg([f"dataset={dataset}", f"case={case}"])
+    check_config(cfg)
     assert cfg.case.name == case and cfg.dataset.name == dataset
-    assert cfg.model.depth == (depth or default_depth(dataset))
+    assert cfg.model.depth == default_depth(dataset)
     net = instantiate(cfg.model, num_classes=10, in_channels=3, num_superclasses=None if case == "baseline" else 2)
     assert net.depth == cfg.model.depth and (net.auxiliary is None) == (case == "baseline")
 
 
-@pytest.mark.parametrize("dataset, case", [(d, c) for d in DATASETS
-                                           for c in (["baseline", "custom"] if d == "folder" else CASES)])
 @pytest.mark.parametrize("method", METHODS)
-def test_every_dataset_case_method_composes_and_passes_the_checks(dataset, case, method):
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_method_composes_on_every_dataset_and_instantiates(dataset, method):
     from src.config import check_config
 
-    cfg = compose_cfg([f"dataset={dataset}", f"case={case}", f"method={method}"])
+    cfg = compose_cfg([f"dataset={dataset}", f"method={method}"] + (["case=custom"] if dataset == "folder" else []))
     check_config(cfg)
-    assert (cfg.dataset.name, cfg.case.name, cfg.method.name) == (dataset, case, method)
+    built = instantiate(cfg.method)
+    assert built.name == cfg.method.name == method and built.position == 3
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
