@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 import torch
 
-from conftest import SHARED_MNIST
+from helpers import SHARED_MNIST
 from src.data import CIFAR10DataModule, DigitsDataModule, MNISTDataModule, SVHNDataModule
 from src.data.datamodule import DataConfigError
 from src.data.superclasses import resolve_case

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, compose_cfg
+from helpers import FAST, compose_cfg
 from src.data.superclasses import resolve_case
 from src.discover import (
     DiscoveryError, agreement, canonical, cluster, confusion_distances, discover, load_discovery_inputs, main,

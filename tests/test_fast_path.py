@@ -3,7 +3,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg
+from helpers import compose_cfg
 from src.models import PreActResNet
 from src.module import HALModule
 

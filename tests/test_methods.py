@@ -1,9 +1,13 @@
 """Every method through train(cfg): the fields it writes, the masked protocol, and method=hal == the paper's run."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from src.evaluation import masked_scores, masked_tables
 from src.models import PreActResNet
+from src.models.dks import DKS, HALDKS
+from src.models.heads import HALHeads, SuperclassHeads
+from src.models.proxydr import ProxyDR
 from src.paper import CASES
 
 # The default run (digits, case1, seed 0) for 2 epochs as the code before the method refactor wrote it
@@ -75,3 +79,24 @@ def test_a_method_that_needs_superclasses_refuses_the_baseline(run_train):
 
     with pytest.raises(ConfigError, match="method=hal_dks needs superclasses"):
         run_train("method=hal_dks", "case=baseline")
+
+
+@pytest.mark.parametrize("method", [DKS(), HALDKS(), SuperclassHeads(), HALHeads(stages=(2, 3), weight=0.5),
+                                    ProxyDR(), ProxyDR(distance="euc", dynamic_scale=False)],
+                         ids=lambda m: f"{m.name}")
+def test_one_sgd_step_gives_every_parameter_a_finite_gradient(method):
+    torch.manual_seed(0)
+    s = 3
+    net = PreActResNet(10, 10, in_channels=1, num_superclasses=s if method.auxiliary else None)
+    method.attach(net, 10, s)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    superclass = y % s
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss = method.loss(net(x, F.one_hot(superclass, s).float() if method.auxiliary else None), y, superclass)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))

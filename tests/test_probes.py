@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.precision import Precision
 
-from conftest import FAST, compose_cfg
+from helpers import FAST, compose_cfg
 from src.data.pipeline import normalize
 from src.data.superclasses import superclass_table
 from src.probes import HELD_OUT, StageProbes, fit_ridge, predict_ridge, probe_accuracy, probe_subsets

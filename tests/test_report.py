@@ -9,7 +9,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg
+from helpers import compose_cfg
 from src.figures import loss_figure
 from src.report import group_runs, load_runs, main, table_rows
 

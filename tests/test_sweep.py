@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import CONF, compose_cfg
+from helpers import CONF, compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = ",trainer.max_epochs=2"  # in every job dir name of the end-to-end sweep

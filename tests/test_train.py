@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from conftest import CONF, compose_cfg
+from helpers import CONF, compose_cfg
 from src.paper import default_depth
 
 DATASETS = sorted(p.stem for p in Path(CONF, "dataset").glob("*.yaml") if p.stem != "base")
