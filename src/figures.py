@@ -145,24 +145,26 @@ def probe_figure(dataset: str, depth, settings: str, groups: dict[str, Group]):
             panels.append((label, g, runs))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2), sharey=True)
-    for ax, target in zip(axes, ("superclass", "class")):
-        for (label, g, runs), style in zip(panels, PROBE_STYLES * len(panels)):
+    # A row per group (method / case), superclass and class side by side, a colour per stage.
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10.0, 1.2 + 2.1 * len(panels)), sharex=True,
+                             sharey=True, squeeze=False)
+    for row, (label, g, runs) in zip(axes, panels):
+        for ax, target in zip(row, ("superclass", "class")):
             for stage in PROBE_STAGES:
-                band = curve_band([h for h in runs if f"probe/stage{stage}_{target}_acc" in h],
-                                  f"probe/stage{stage}_{target}_acc")
+                key = f"probe/stage{stage}_{target}_acc"
+                band = curve_band([h for h in runs if key in h], key)
                 if band is None:
                     continue
                 x, mean, std = band
-                n = sum(f"probe/stage{stage}_{target}_acc" in h for h in runs)
-                ax.plot(x, mean, style, color=f"C{stage - 1}", label=f"{label} stage {stage} (n={n})")
+                ax.plot(x, mean, "-o", ms=3, color=f"C{stage - 1}", label=f"stage {stage}")
                 ax.fill_between(x, mean - std, mean + std, color=f"C{stage - 1}", alpha=0.15, lw=0)
-        ax.set_title(f"{target} probe")
+            ax.set_title(f"{label}: {target} probe (n={len(runs)})", fontsize=9)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3, lw=0.5)
+        row[0].set_ylabel("accuracy %")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    for ax in axes[-1]:
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3, lw=0.5)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("linear probe accuracy %")
     splits = sorted({str(r.record.get("probe_split") or "unrecorded") for _, g, _ in panels for r in g.finished})
     fig.suptitle(f"Linear probes on each stage's features per epoch, scored on the {' / '.join(splits)} split, "
                  f"mean ± std over seeds\n{_title(dataset, depth, settings, '')}", fontsize=10)
