@@ -7,10 +7,13 @@ command line; stored in Hydra's ConfigStore as ``base_config`` (and ``dataset/ba
 ``+trainer.foo=1`` at composition. conf/config.yaml, conf/trainer/default.yaml and each
 conf/dataset/<name>.yaml name their schema first in their defaults list.
 """
+import inspect
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
+import pytorch_lightning as pl
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src.errors import ConfigError
@@ -44,15 +47,41 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {must}, got {value!r}")
 
 
+def _arguments(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` takes, through the ``**kwargs`` its ``__init__`` passes up."""
+    names = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names |= {n for n, p in inspect.signature(init).parameters.items()
+                      if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return names
+
+
+def _known_keys(node: DictConfig, schema: type) -> list[str]:
+    """The schema's keys, and for the Trainer and a datamodule every argument their constructor takes:
+    ``+trainer.max_steps=100`` or ``+dataset.num_train=512`` (a datamodule of your own) are fine."""
+    known = [f.name for f in fields(schema)]
+    if issubclass(schema, TrainerConfig):
+        known += sorted(_arguments(pl.Trainer) - set(known))
+    elif issubclass(schema, DatasetConfig) and isinstance(node.get("_target_"), str):
+        try:
+            known += sorted(_arguments(get_class(node._target_)) - set(known))
+        except Exception:  # an unknown _target_ is reported by instantiate, with its own message
+            pass
+    return known
+
+
 def _check_keys(node: DictConfig, prefix: str = "") -> None:
     """Hydra adds ``+trainer.foo=1`` even to a typed node (``force_add``): refuse keys the schema lacks here."""
     schema = OmegaConf.get_type(node)
     if is_dataclass(schema):
-        known = [f.name for f in fields(schema)]
+        known = _known_keys(node, schema)
         extra = [k for k in node if k not in known]
         if extra:
             raise ConfigError(f"{prefix}{extra[0]} is not a key of {prefix.rstrip('.') or 'the config'} "
-                              f"(a typo? its keys: {', '.join(k for k in known if not k.startswith('_'))})")
+                              f"(a typo? its keys: {', '.join(k for k in known[:40] if not k.startswith('_'))}"
+                              f"{', ...' if len(known) > 40 else ''})")
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
@@ -61,9 +90,10 @@ def _check_keys(node: DictConfig, prefix: str = "") -> None:
 
 @dataclass
 class TrainerConfig:
-    """Trainer keys users may set. The schema is closed: ``+trainer.foo=1`` is refused at composition,
-    so a Trainer argument not listed here must be added here to be usable. A MISSING key (strategy,
-    num_nodes) reaches the Trainer only when set, with or without ``+`` (``+trainer.strategy=ddp``)."""
+    """The Trainer keys of conf/trainer/default.yaml, typed. Any other argument of ``pytorch_lightning.Trainer``
+    is accepted with a ``+`` (``+trainer.max_steps=100``); a key the Trainer does not take is refused by
+    ``check_config``. A MISSING key (strategy, num_nodes) reaches the Trainer only when set, with or without
+    ``+`` (``+trainer.strategy=ddp``)."""
     max_epochs: int = 30
     accelerator: str = "auto"
     devices: Any = 1  # int, list or "auto"

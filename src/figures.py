@@ -22,7 +22,6 @@ from src.paper import PAPER_FIGURES  # noqa: E402
 from src.runs import CASE_ORDER, Group, order_key, read_history  # noqa: E402
 
 PROBE_STAGES = (1, 2, 3)
-PROBE_STYLES = ("-", "--", ":", "-.")
 
 
 def curve_band(histories: list[dict], key: str) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
 
 from bench.common import synthetic_overrides
 from bench.parity import StepLosses, compose, raw_loop
@@ -14,8 +13,6 @@ STEPS = 6
 
 def framework_losses(cfg, tmp_path: Path) -> list[float]:
     record = StepLosses()
-    with open_dict(cfg):
-        cfg.trainer.max_steps = STEPS
     train(cfg, tmp_path, callbacks=[record])
     return record.losses
 
@@ -24,7 +21,7 @@ def framework_losses(cfg, tmp_path: Path) -> list[float]:
 def cfg():
     return compose(synthetic_overrides("cifar", 512, 128) + [
         "depth=10", "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-        "trainer.enable_checkpointing=false"])
+        "trainer.enable_checkpointing=false", f"+trainer.max_steps={STEPS}"])
 
 
 def test_framework_equals_hand_written_loop(cfg, tmp_path):

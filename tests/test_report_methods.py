@@ -95,13 +95,14 @@ def test_probe_figure_has_one_line_per_stage_and_group_and_names_the_split(tmp_p
 
     groups = {g.label: g for g in group_runs(load_runs([sweep]))}
     fig = probe_figure("digits", 10, "", groups)
-    assert [ax.get_title() for ax in fig.axes] == ["superclass probe", "class probe"]
-    assert fig.axes[0].get_xlabel() == "epoch" and "probe accuracy" in fig.axes[0].get_ylabel()
-    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
-    assert labels == [f"baseline stage {k} (n=2)" for k in (1, 2, 3)] + \
-        [f"heads case1 stage {k} (n=2)" for k in (1, 2, 3)]
+    # A row per group, superclass and class side by side; a line (colour) per stage.
+    assert [ax.get_title() for ax in fig.axes] == [
+        "baseline: superclass probe (n=2)", "baseline: class probe (n=2)",
+        "heads case1: superclass probe (n=2)", "heads case1: class probe (n=2)"]
+    assert fig.axes[-1].get_xlabel() == "epoch" and "accuracy" in fig.axes[0].get_ylabel()
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [f"stage {k}" for k in (1, 2, 3)]
     line = fig.axes[0].get_lines()[0]  # baseline, stage 1, superclass: mean of the two seeds, epochs from 1
     assert np.allclose(line.get_xdata(), [1, 2, 3]) and np.allclose(line.get_ydata(), [61, 62, 63])
-    assert fig.axes[0].get_lines()[0].get_linestyle() != fig.axes[0].get_lines()[3].get_linestyle()
+    assert len({ln.get_color() for ln in fig.axes[0].get_lines()}) == 3
     assert "scored on the validation split" in fig._suptitle.get_text()
     assert probe_figure("digits", 10, "", {"case2": groups["case2"]}) is None

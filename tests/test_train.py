@@ -84,6 +84,17 @@ def test_same_seed_gives_equal_metrics(run_train, tmp_path):
     assert drop(a) != drop(c)
 
 
+def test_diverging_loss_is_a_one_line_divergence_error(run_train):
+    from src.errors import DivergenceError
+
+    with pytest.raises(DivergenceError, match="^training loss became non-finite in epoch 0; lower optimizer.lr"):
+        run_train("optimizer.lr=1e6", "trainer.gradient_clip_val=null", "trainer.max_epochs=3")
+    # Finite but far above a uniform guess's ln(C): diverged too (divergence_factor × ln C).
+    with pytest.raises(DivergenceError, match=r"training loss is .* > 0.1 × ln\(10\)"):
+        run_train("divergence_factor=0.1")
+
+
+@pytest.mark.slow
 def test_diverging_loss_stops_with_a_clear_error(tmp_path):
     run_dir = tmp_path / "div"
     proc = subprocess.run(
@@ -96,6 +107,7 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path):
     assert record["status"] == "failed" and "test_error" not in record
 
 
+@pytest.mark.slow
 def test_unknown_option_fails_without_writing_a_result(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "src.train", "case=case9", f"hydra.run.dir={tmp_path / 'x'}"],
                           cwd=ROOT, capture_output=True, text=True)
@@ -113,6 +125,7 @@ def test_depth_composes_without_quoting():
     assert compose_cfg(["dataset=mnist"]).model.depth == 10 and compose_cfg(["dataset=svhn"]).model.depth == 28
 
 
+@pytest.mark.slow
 def test_depth_sweeps_from_the_command_line_and_from_sweeper_params(tmp_path):
     common = ["trainer.fast_dev_run=true", "trainer.enable_progress_bar=false"]
     # A preset of the user's own, as conf/experiment/*.yaml would hold it.
@@ -129,6 +142,7 @@ def test_depth_sweeps_from_the_command_line_and_from_sweeper_params(tmp_path):
         assert depths == [10, 16], name
 
 
+@pytest.mark.slow
 def test_depth_override_on_the_command_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "src.train", "depth=16", "trainer.fast_dev_run=true",
                            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"],
@@ -138,8 +152,9 @@ def test_depth_override_on_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.depth=12", "error: model.depth must be 6n+4"),
-    ("dataset.val_size=1.5", "error: dataset.val_size as a fraction must be in [0, 1)"),
+    pytest.param("model.depth=12", "error: model.depth must be 6n+4", marks=pytest.mark.slow),
+    pytest.param("dataset.val_size=1.5", "error: dataset.val_size as a fraction must be in [0, 1)",
+                 marks=pytest.mark.slow),
 ])
 def test_constructor_errors_are_one_line(tmp_path, override, message):
     """hydra.utils.instantiate wraps constructor errors; the user still gets one line, not a traceback."""
