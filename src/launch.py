@@ -1,22 +1,32 @@
 """How ``python -m src.train`` is launched, beyond ``@hydra.main``.
 
+- ``run_job(train, cfg)``: one job in its Hydra run dir. A signal stops it resumably (``src/signals.py``); an
+  error marks it ``failed``, and is one line: in a multirun the sweep goes on with the next job.
 - ``cli(main)``: what Hydra refuses before ``main`` runs (a value the schema refuses, a bad override, a run
   dir it cannot create) is one ``error:`` line and exit status 1, like every other bad input.
 - DDP: Lightning's launcher starts ranks 1..N-1 of a job with ``ddp_child_command``: this job only, in its
   run dir (Lightning's own re-runs ``sys.argv``, which in a multirun is the whole sweep).
 """
+import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable, Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import HydraException, OverrideParseException
 from hydra.utils import get_original_cwd
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.strategies.launchers import subprocess_script
 
-from src.errors import ConfigError, exit_code
+from src.errors import ConfigError, exit_code, user_error
+from src.records import record_failure
+from src.signals import stop_on_signal
+
+log = logging.getLogger(__name__)
 
 
 def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
@@ -62,6 +72,24 @@ def hydra_error(error: BaseException) -> Optional[ConfigError]:
         return ConfigError(first)
     # An unknown group option: Hydra's message lists the options (its search path is left out).
     return ConfigError(str(error).split("Config search path")[0].strip())
+
+
+def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:
+    """``train(cfg, run_dir, callbacks)`` for the job Hydra composed, as ``@hydra.main`` runs it."""
+    entered()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with stop_on_signal(run_dir, cfg) as guard:
+            return train(cfg, run_dir, callbacks=[guard.callback()])
+    except Exception as e:
+        record = record_failure(run_dir, user_error(e) or e, cfg)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # One failed job must not stop the sweep: its metrics.json says failed, the report lists it.
+            if user_error(e) is None:
+                log.exception("job %s failed", run_dir)
+            print(f"error: {run_dir.name}: {user_error(e) or e}", file=sys.stderr)
+            return record
+        sys.exit(exit_code(e))
 
 
 def entered() -> None:

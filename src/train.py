@@ -3,8 +3,6 @@
 ``build(cfg, run_dir)`` is the composition root: the one place that makes the datamodule, the module and
 the callbacks of a run (tests and benchmarks call it too). ``train(cfg, run_dir)`` fits, tests and records.
 """
-import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,24 +10,20 @@ from typing import Optional
 
 import hydra
 import pytorch_lightning as pl
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols, Throughput
 from src.config import check_config
 from src.data.superclasses import resolve_case
-from src.errors import ConfigError, exit_code, user_error
+from src.errors import ConfigError
 from src import launch
 from src.evaluation import evaluation_options, masked_tables
 from src.module import HALModule
 from src.probes import StageProbes
-from src.records import git_commit, record_failure, write_json
+from src.records import git_commit, write_json
 from src.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
-from src.signals import stop_on_signal
 
-log = logging.getLogger(__name__)
 
 
 def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALModule, list[pl.Callback]]:
@@ -119,20 +113,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
-    launch.entered()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        with stop_on_signal(run_dir, cfg) as guard:
-            return train(cfg, run_dir, callbacks=[guard.callback()])
-    except Exception as e:
-        record = record_failure(run_dir, user_error(e) or e, cfg)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # One failed job must not stop the sweep: its metrics.json says failed, the report lists it.
-            if user_error(e) is None:
-                log.exception("job %s failed", run_dir)
-            print(f"error: {run_dir.name}: {user_error(e) or e}", file=sys.stderr)
-            return record
-        sys.exit(exit_code(e))
+    return launch.run_job(train, cfg)
 
 
 if __name__ == "__main__":
