@@ -5,6 +5,7 @@ seeds, from each run's ``history.csv``. Figs 3/5/7: the auxiliary score of every
 end of training, grouped by superclass, from ``aux_scores.npz``. Beyond the paper: accuracy of the linear
 probes fitted after every epoch (``probe/stage{k}_*`` columns of ``history.csv``). A group is ``src.runs.Group``.
 """
+import csv
 import re
 import warnings
 from collections import defaultdict
@@ -19,9 +20,26 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from src.paper import PAPER_FIGURES  # noqa: E402
-from src.runs import CASE_ORDER, Group, order_key, read_history  # noqa: E402
+from src.runs import CASE_ORDER, Group, order_key  # noqa: E402
 
 PROBE_STAGES = (1, 2, 3)
+
+
+def read_history(run_dir: Path) -> dict[str, np.ndarray]:
+    """history.csv -> {column: values indexed by epoch (NaN where missing)}; {} if absent or unreadable."""
+    try:
+        with open(run_dir / "history.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        epochs = [int(r["epoch"]) for r in rows]
+        columns = {}
+        for key in (rows[0] if rows else {}):
+            values = np.full(max(epochs) + 1, np.nan)
+            for e, r in zip(epochs, rows):
+                values[e] = float(r[key]) if r.get(key) not in (None, "") else np.nan
+            columns[key] = values
+        return columns
+    except (OSError, UnicodeDecodeError, KeyError, ValueError, csv.Error):
+        return {}
 
 
 def curve_band(histories: list[dict], key: str) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:

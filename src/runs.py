@@ -5,7 +5,6 @@ position × case; "settings" are the values of the composed config (``.hydra/con
 a dataset and depth differ, so that runs made with different settings are never averaged together. A run whose
 files cannot be read is kept with its ``problem`` (listed, never counted) rather than refusing the sweep.
 """
-import csv
 import json
 import math
 from collections import defaultdict
@@ -21,7 +20,7 @@ from src.paper import CASES, PAPER_DEPTH, PAPER_TABLE2
 
 CASE_ORDER = ["baseline", *CASES, "custom"]
 DATASET_ORDER = ["mnist", "svhn", "cifar10"]
-METHOD_ORDER = ["hal", "dks", "hal_dks", "heads", "hal_heads", "proxydr"]
+METHOD_ORDER = ["hal"]  # the paper's method first, the others by name
 DEFAULT_METHOD, DEFAULT_POSITION = "hal", 3  # what records written before methods existed were
 # The group keys themselves (config keys and command-line overrides): never part of a group's "settings".
 GROUP_KEYS = frozenset({"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth",
@@ -287,20 +286,3 @@ def group_runs(runs: list[Run]) -> list[Group]:
         order_key(g.dataset, DATASET_ORDER), natural(g.depth), g.settings, not g.is_baseline,
         order_key(g.method, METHOD_ORDER),
         natural(g.position), order_key(g.case, CASE_ORDER)))
-
-
-def read_history(run_dir: Path) -> dict[str, np.ndarray]:
-    """history.csv -> {column: values indexed by epoch (NaN where missing)}; {} if absent or unreadable."""
-    try:
-        with open(run_dir / "history.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        epochs = [int(r["epoch"]) for r in rows]
-        columns = {}
-        for key in (rows[0] if rows else {}):
-            values = np.full(max(epochs) + 1, np.nan)
-            for e, r in zip(epochs, rows):
-                values[e] = float(r[key]) if r.get(key) not in (None, "") else np.nan
-            columns[key] = values
-        return columns
-    except (OSError, UnicodeDecodeError, KeyError, ValueError, csv.Error):
-        return {}
