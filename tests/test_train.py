@@ -164,3 +164,17 @@ def test_constructor_errors_are_one_line(tmp_path, override, message):
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_tensorboard_has_the_learning_rate_per_epoch_and_the_hparams_with_final_metrics(run_train, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    record = run_train("trainer.max_epochs=2")
+    events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
+    lr = [e.value for e in events.Scalars("lr-SGD")]
+    assert len(lr) == 2 and lr[0] == pytest.approx(1.0) and lr[1] < lr[0]  # cosine from optimizer.lr
+    # The HPARAMS tab: the final test metrics as scalars, beside the session's hyperparameters.
+    final = events.Scalars("hparams/test_error_inferred")
+    assert [e.value for e in final] == pytest.approx([record["test_error_inferred"]])
+    assert "_hparams_/session_start_info" in events.Tags()["tensors"] or \
+        any("hparams" in t for t in events.summary_metadata)
