@@ -174,7 +174,8 @@ class TestProtocols(pl.Callback):
         if matrices[protocol] is not None:
             figure = confusion_figure(matrices[protocol], self.hierarchy, self.class_names,
                                       f"test, {protocol} protocol: error {self.record[f'test_error_{protocol}']:.2f} %")
-            figure.savefig(self.run_dir / "confusion.png", dpi=120)
+            if trainer.is_global_zero:  # every rank computes it (the whole test set); one writes it
+                figure.savefig(self.run_dir / "confusion.png", dpi=120)
             add_figure = getattr(getattr(trainer.logger, "experiment", None), "add_figure", None)
             if add_figure is not None:
                 add_figure("test/confusion", figure, global_step=trainer.global_step, close=False)

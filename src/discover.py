@@ -30,7 +30,6 @@ from sklearn.metrics import adjusted_rand_score
 from src.data.superclasses import superclass_table
 from src.paper import CASES, PAPER_CASES
 from src.errors import UserError, exit_code
-from src.records import write_atomic
 
 FILE = "hierarchy.npz"
 METHODS = ("confusion", "vectors")

@@ -11,7 +11,7 @@ Like the callbacks of ``src/callbacks.py`` it is an eval-mode, no-grad pass that
 BatchNorm statistic and no random state, and nothing it computes feeds back into training.
 """
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 import pytorch_lightning as pl

@@ -6,7 +6,6 @@ the callbacks of a run (tests and benchmarks call it too). ``train(cfg, run_dir)
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 import hydra
 import pytorch_lightning as pl

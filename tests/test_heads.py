@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from src.errors import ConfigError
 from src.models import PreActResNet
-from src.models.heads import HALHeads, SuperclassHeads
+from src.models.heads import SuperclassHeads
 from src.models.method import NetOutput
 
 

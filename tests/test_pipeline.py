@@ -113,8 +113,7 @@ def shard_batches(n: int, world_size: int, shuffle: bool, pad: bool, batch_size:
     out = []
     for rank in range(world_size):
         loader = TensorLoader((x, x * 10), batch_size, shuffle=shuffle, rank=rank, world_size=world_size,
-                              pad_shards=pad, seed=7)
-        loader.set_epoch(epoch)
+                              pad_shards=pad, seed=7, epoch=lambda: epoch)
         batches = list(loader)
         assert len(batches) == len(loader)
         assert all(torch.equal(b, a * 10) for a, b in batches)

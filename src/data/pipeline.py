@@ -19,8 +19,8 @@ class TensorLoader:
     ``seed + epoch``. With ``pad_shards`` (training) the permutation's head is repeated up to a multiple
     of ``world_size`` and rank r takes every W-th index from r on, so every rank makes as many steps;
     without it (evaluation) rank r takes the block ``[n·r/W, n·(r+1)/W)``: every sample counted once.
-    The epoch is ``epoch()`` when given (the datamodule passes the Trainer's, right after a resume
-    too), else set by ``set_epoch``. No ``.sampler`` attribute: Lightning would then treat the
+    The epoch is ``epoch()`` (the datamodule passes the Trainer's, right after a resume too; default 0).
+    No ``.sampler`` attribute: Lightning would then treat the
     loader as a DataLoader and look for the rest of one.
 
     With one process the permutation is drawn from torch's global RNG (seeded by the run seed) on the
@@ -41,10 +41,7 @@ class TensorLoader:
         self.rank, self.world_size, self.pad_shards = rank, world_size, pad_shards
         # Same on every rank: seed_everything seeds each rank's global RNG with the run seed.
         self.seed = torch.initial_seed() if seed is None else seed
-        self.epoch, self.current_epoch = 0, epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = epoch or (lambda: 0)
 
     def _num_samples(self) -> int:
         n, w = len(self.tensors[0]), self.world_size
@@ -62,8 +59,7 @@ class TensorLoader:
         if w == 1:
             return torch.randperm(n, device=device) if self.shuffle else None
         if self.shuffle:
-            epoch = self.current_epoch() if self.current_epoch is not None else self.epoch
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch()))
         else:
             order = torch.arange(n)
         if self.pad_shards:
