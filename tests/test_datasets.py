@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 import torch
 
-from helpers import SHARED_MNIST
+from helpers import SHARED_MNIST, HandScore
 from src.data import CIFAR10DataModule, DigitsDataModule, MNISTDataModule, SVHNDataModule
 from src.data.datamodule import DataConfigError
 from src.data.superclasses import resolve_case
@@ -196,12 +196,14 @@ def test_cli_missing_data_exits_1_with_one_error_line(tmp_path):
 
 def test_val_size_zero_trains_without_validation_and_records_null(tmp_path, run_train):
     write_svhn(tmp_path / "data", sizes=(("train", 40), ("test", 20)))
+    scored = HandScore()
     record = run_train("dataset=svhn", "case=case2", f"dataset.data_dir={tmp_path / 'data'}",
                        "dataset.download=false", "dataset.verify_checksums=false", "dataset.val_size=0",
-                       "model.depth=10", "trainer.max_epochs=2")
+                       "model.depth=10", "trainer.max_epochs=2", callbacks=[scored])
     assert record["status"] == "finished" and record["val_error"] is None
     assert record["superclasses"] == [1, 0, 1, 0, 1, 0, 1, 0, 1, 0]
-    assert 0 <= record["test_error"] <= 100
+    assert record["test_error"] == pytest.approx(scored.scores["test_error"], abs=1e-4)
+    assert len(scored.scores["label"]) == 20  # the whole test file, nothing held out of it
 
 
 @pytest.mark.parametrize("val_size", [40, 1.5, -1])

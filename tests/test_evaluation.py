@@ -6,6 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+
+from helpers import HandScore
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
@@ -163,13 +165,24 @@ def test_confusion_figure_orders_classes_by_superclass():
 
 
 def test_a_run_reports_every_protocol_and_the_hierarchy_metrics(run_train, tmp_path):
+    scored = HandScore()
     record = run_train("case=case4", "optimizer.momentum=0.9", "optimizer.lr=0.1",
-                       "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1")
+                       "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", callbacks=[scored])
     run = tmp_path / "run"
     assert record["test_error_oracle"] == pytest.approx(record["test_error"], abs=1e-4)
-    for key in ("test_error_inferred", "test_error_shuffled", "superclass_acc", "within_superclass_mistakes"):
-        assert 0 <= record[key] <= 100
-    assert len(record["per_superclass_error"]) == 3 and -1 <= record["hierarchy_spearman"] <= 1
+    hand = scored.scores
+    assert record["test_error_inferred"] == pytest.approx(hand["test_error_inferred"], abs=1e-4)
+    assert record["test_error_shuffled"] == pytest.approx(hand["test_error_shuffled"], abs=1e-4)
+    # The superclass metrics of the inferred predictions (eval.metrics_protocol), counted image by image.
+    t = torch.as_tensor(record["superclasses"])
+    predicted, label = hand["predicted_inferred"], hand["label"]
+    same, wrong = t[predicted] == t[label], predicted != label
+    assert record["superclass_acc"] == pytest.approx(100 * same.float().mean().item(), abs=1e-4)
+    assert record["within_superclass_mistakes"] == pytest.approx(100 * (same & wrong).sum().item() / wrong.sum().item(),
+                                                                 abs=1e-4)
+    per = [100 * wrong[t[label] == j].float().mean().item() for j in range(3)]
+    assert record["per_superclass_error"] == pytest.approx(per, abs=1e-4)
+    assert -1 <= record["hierarchy_spearman"] <= 1
     assert record["eval_hierarchy"] == record["superclasses"] and record["inferred_rule"] == "softmax"
     assert json.loads((run / "metrics.json").read_text()) == record
     assert (run / "confusion.png").stat().st_size > 1000
@@ -181,10 +194,16 @@ def test_a_run_reports_every_protocol_and_the_hierarchy_metrics(run_train, tmp_p
 
 
 def test_baseline_columns_are_equal_and_scored_against_case1(run_train):
-    record = run_train("case=baseline", "trainer.fast_dev_run=true")
-    assert record["test_error_oracle"] == record["test_error_inferred"] == record["test_error_shuffled"]
+    scored = HandScore(rows=512)  # fast_dev_run: one test batch
+    record = run_train("case=baseline", "trainer.fast_dev_run=true", callbacks=[scored])
+    # No block, no hint to withhold: every protocol is the plain network's error on that batch.
+    hand = scored.scores
+    for protocol in ("oracle", "inferred", "shuffled"):
+        assert record[f"test_error_{protocol}"] == pytest.approx(hand["test_error"], abs=1e-4)
     assert record["eval_hierarchy"] == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
-    assert 0 <= record["superclass_acc"] <= 100
+    t = torch.as_tensor(record["eval_hierarchy"])
+    assert record["superclass_acc"] == pytest.approx(
+        100 * (t[hand["predicted"]] == t[hand["label"]]).float().mean().item(), abs=1e-4)
     assert len(record["per_superclass_error"]) == 2
 
 

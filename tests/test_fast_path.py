@@ -3,7 +3,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import compose_cfg
+from helpers import HandScore, compose_cfg
 from src.models import PreActResNet
 from src.module import HALModule
 
@@ -36,15 +36,21 @@ def test_channels_last_module():
 
 @pytest.mark.slow
 def test_compiled_run_trains(run_train):
+    scored = HandScore()
     record = run_train("compile=true", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
-                       "+trainer.limit_test_batches=1")
-    assert record["status"] == "finished" and 0 <= record["test_error"] <= 100
+                       callbacks=[scored])
+    assert record["status"] == "finished"
+    assert record["test_error"] == pytest.approx(scored.scores["test_error"], abs=1e-4)  # compiled == eager
 
 
 def test_bf16_mixed_path_runs_end_to_end(run_train):
     """The GPU default precision, exercised with CPU autocast: every dtype hand-off (auxiliary-score
     statistics, test protocols, end-of-run passes) must cope with bf16 activations."""
-    record = run_train("trainer.precision=bf16-mixed", "case=case4", "trainer.max_epochs=2")
+    scored = HandScore()
+    record = run_train("trainer.precision=bf16-mixed", "case=case4", "trainer.max_epochs=2", callbacks=[scored])
     assert record["status"] == "finished"
-    assert 0 <= record["test_error"] <= 100 and record["test_error_inferred"] is not None
+    # bf16 autocast against the same weights in float32: a few of the 360 test images may flip, no more.
+    image = 100 / 360
+    for key in ("test_error", "test_error_inferred"):
+        assert abs(record[key] - scored.scores[key]) <= 3 * image, key
     assert record["test_error_oracle"] == pytest.approx(record["test_error"], abs=1e-3)

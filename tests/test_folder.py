@@ -5,6 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import HandScore
+
 from src.data import FolderDataModule
 from src.data.folder import FolderDatasetError
 from src.data.superclasses import SuperclassError, resolve_case
@@ -146,8 +148,12 @@ def test_train_on_a_folder_with_a_superclass_file(folder, tmp_path, run_train):
     path = write_mapping(tmp_path / "m.yaml", "vehicle: [car]\nanimal: [cat, dog]\n")
     common = [f"dataset.root={folder}", f"dataset.superclass_file={path}", "dataset.image_size=16",
               "model.depth=10", "dataset.val_size=3"]
-    record = run_train("dataset=folder", "case=custom", *common)
+    scored = HandScore()
+    record = run_train("dataset=folder", "case=custom", *common, callbacks=[scored])
     assert record["status"] == "finished" and record["superclasses"] == [0, 1, 1]
-    assert record["dataset"] == "folder" and 0 <= record["val_error"] <= 100 and 0 <= record["test_error"] <= 100
+    assert record["dataset"] == "folder"
+    assert record["test_error"] == pytest.approx(scored.scores["test_error"], abs=1e-4)
+    assert record["val_error"] == pytest.approx(scored.val["test_error"], abs=1e-4)
+    assert len(scored.val["label"]) == 3
     with pytest.raises(UserError, match="use case=custom"):
         run_train("dataset=folder", "case=case1", *common, run_dir=tmp_path / "case1")

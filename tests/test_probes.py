@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from pytorch_lightning.plugins.precision import Precision
 
 from helpers import FAST, compose_cfg
@@ -109,8 +110,13 @@ def test_two_epoch_run_logs_six_probe_columns_per_epoch(tmp_path):
         assert all(0 <= v <= 100 for v in values.values()), values
     # 10 classes: chance is 10 %; after two epochs the last stage separates the digits linearly.
     assert float(rows[-1]["probe/stage3_class_acc"]) > 50
-    # case1 has 3 superclasses: chance is at most ~40 % here.
-    assert float(rows[-1]["probe/stage3_superclass_acc"]) > 60
+    # case1 has 2 superclasses: chance is the larger one's share of the scored images (about 50 %).
+    t = torch.as_tensor(record["superclasses"])
+    datamodule = instantiate(compose_cfg(FAST).dataset)
+    datamodule.setup()  # the val split does not depend on the seed
+    scored_labels = datamodule.splits[probes._score_split][2][probes._score_index]
+    chance = 100 * torch.bincount(t[scored_labels]).max().item() / len(scored_labels)
+    assert float(rows[-1]["probe/stage3_superclass_acc"]) > chance + 25
 
 
 class _Forbidden:
