@@ -22,3 +22,8 @@ def _default_depth(dataset: str) -> int:
 
 # `${default_depth:${dataset.name}}` in conf/config.yaml: the paper's depth for the dataset (src/paper.py).
 OmegaConf.register_new_resolver("default_depth", _default_depth, replace=True)
+
+
+# The typed schema (`base_config`, which conf/config.yaml extends) is in Hydra's ConfigStore as soon as anything
+# of `src` is imported, so `hydra.compose` works after any `import src...`, not only under `python -m src.train`.
+from src import config as _schema  # noqa: E402,F401

@@ -11,7 +11,6 @@ import inspect
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -63,6 +62,8 @@ def _known_keys(node: DictConfig, schema: type) -> list[str]:
     ``+trainer.max_steps=100`` or ``+dataset.num_train=512`` (a datamodule of your own) are fine."""
     known = [f.name for f in fields(schema)]
     if issubclass(schema, TrainerConfig):
+        import pytorch_lightning as pl  # here, not at import: `import src` registers this schema and stays light
+
         known += sorted(_arguments(pl.Trainer) - set(known))
     elif issubclass(schema, DatasetConfig) and isinstance(node.get("_target_"), str):
         try:

@@ -101,8 +101,9 @@ def cli(main: Callable[[], object]) -> None:
     """``python -m src.train``: also what Hydra refuses before ``main`` runs is one ``error:`` line, exit 1.
     Hydra prints those errors itself, over several lines, unless ``HYDRA_FULL_ERROR`` is set
     (hydra/_internal/utils.py, ``run_and_report``): set it so they reach here; ``main`` unsets it, so its
-    own errors and the DDP ranks it starts are as before. A user's own HYDRA_FULL_ERROR=1 is left alone."""
-    if "HYDRA_FULL_ERROR" in os.environ:
+    own errors and the DDP ranks it starts are as before. A user's own HYDRA_FULL_ERROR=1 is left alone; any
+    other value (0, empty) is Hydra's "off", so the one-line errors stay (Hydra tests for "1" too)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return main()
     os.environ.update({"HYDRA_FULL_ERROR": "1", _WRAPPED: "1"})
     try:

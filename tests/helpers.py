@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import src.config  # noqa: F401  registers the typed schema (base_config) in ConfigStore before composing
+import src  # noqa: F401  importing src registers the typed schema (base_config) that conf/config.yaml extends
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,5 +1,6 @@
 """Range checks on real composed configs, the typed schema against every dataset's config, and the
 command line's one-line errors."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,14 +84,15 @@ TYPOS = [("seed=abc", "seed"), ("seed=1099511627776", "seed"), ("optimizer.lr=-1
 FAST_TYPOS = ["+trainer.foo=1"]  # the rest run in the slow test below; in-process checks cover the values
 
 
-def run_cli(override: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def run_cli(override: str, tmp_path: Path, env: dict = None) -> subprocess.CompletedProcess:
     (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).bytes(4096))
     (tmp_path / "afile").write_text("a regular file: no dir can be made under it (tests run as root)")
     args = override.replace("RANDOM", str(tmp_path / "random.bin")).replace("AFILE", str(tmp_path / "afile")).split()
     if not override.startswith("hydra.run.dir"):
         args.append(f"hydra.run.dir={tmp_path / 'run'}")
     return subprocess.run([sys.executable, "-m", "src.train", *args, "trainer.enable_progress_bar=false"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def check_one_line(proc: subprocess.CompletedProcess, key: str) -> None:
@@ -120,3 +122,23 @@ def test_unknown_group_options_are_refused_listing_the_options(override, option,
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: In 'config': Could not find '{option}'") and "Available options" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["0", pytest.param("", marks=pytest.mark.slow)])
+def test_only_hydra_full_error_1_turns_the_one_line_errors_off(value, tmp_path):
+    check_one_line(run_cli("seed=abc", tmp_path, env={"HYDRA_FULL_ERROR": value}), "seed")
+
+
+@pytest.mark.slow
+def test_hydra_full_error_1_gives_hydras_own_traceback(tmp_path):
+    proc = run_cli("seed=abc", tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+
+def test_compose_works_after_any_import_of_src():
+    """The README's compose API: the schema that conf/config.yaml extends is registered by `import src`."""
+    code = ("import src.paper\nfrom hydra import compose, initialize_config_dir\n"
+            f"with initialize_config_dir(config_dir={str(ROOT / 'conf')!r}, version_base='1.3'):\n"
+            "    print(compose(config_name='config', overrides=['seed=7']).seed)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "7", proc.stderr[-1500:]

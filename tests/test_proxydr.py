@@ -49,7 +49,7 @@ def test_embedding_comes_first_and_proxies_are_the_class_vectors():
 
 def test_scale_is_fixed_at_10_or_starts_at_the_codes_root():
     assert _head("euc").scale.item() == pytest.approx(10.0)
-    for distance, root in (("euc", 4.342526), ("arccos", 3.922178)):
+    for distance, root in (("euc", 4.342526), ("arccos", 3.922178)):  # hand-derived: roots of the scale equation
         assert initial_scale(10, distance) == pytest.approx(root, abs=1e-5)
         head = ProxyHead(4, 10, distance, dynamic_scale=True)
         assert head.scale.item() == pytest.approx(root, rel=1e-6)
