@@ -1,5 +1,6 @@
 """Shared bench helpers: synthetic in-memory data of a chosen shape, and JSON output."""
 import json
+import statistics
 import sys
 
 import torch
@@ -50,3 +51,10 @@ def sync(device: torch.device) -> None:
 def emit(record: dict) -> None:
     print(json.dumps(record, indent=2))
     sys.stdout.flush()
+
+
+def ratio_summary(ratios: list[float]) -> dict:
+    """The per-round ratios of an alternating benchmark: their median as ``ratio`` (robust to one round that
+    a change of load slowed), the extremes, and every round."""
+    return {"ratio": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+            "ratio_max": round(max(ratios), 3), "rounds": len(ratios), "ratio_by_round": [round(r, 3) for r in ratios]}

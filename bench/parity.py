@@ -4,9 +4,15 @@ Same model (pre-activation ResNet + auxiliary block, case1), same synthetic in-m
 augmentation, optimiser, schedule and gradient clipping. The framework runs with its defaults
 (logging, checkpoints, progress bar on). Epoch 0 is warm-up on both sides and not timed.
 
-    python -m bench.parity [--shape mnist cifar] [--epochs 3] [--num-train N] [--device cpu|cuda]
+The two sides alternate for ``--rounds`` rounds (framework, then raw loop), each side on a fresh model with the
+same warm-up; each round gives one ratio (framework images/s over raw images/s, measured seconds apart), and
+``ratio`` is their median, beside ``ratio_min`` and ``ratio_max``. The raw loop uses ``build()`` only for the
+data and the network; its training step is written out by hand.
+
+    python -m bench.parity [--shape mnist cifar] [--epochs 3] [--rounds 5] [--num-train N] [--device cpu|cuda]
 """
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from bench.common import SHAPES, emit, sync, synthetic_overrides
+from bench.common import SHAPES, emit, ratio_summary, sync, synthetic_overrides
 from src.data.pipeline import augment, normalize
 from src.train import build, train
 
@@ -121,10 +127,12 @@ def main() -> None:
     parser.add_argument("--num-train", type=int, nargs="+", default=None,
                         help="training images per shape (default: 12800 mnist, 3840 cifar on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=2, help="alternate the two sides; keep each side's best")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (framework, then raw loop); >= 1")
     parser.add_argument("--compile", action="store_true", help="torch.compile both sides")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both sides")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     device = torch.device(args.device)
     torch.set_float32_matmul_precision("high")
     defaults = {"mnist": 12800, "cifar": 3840} if device.type == "cpu" else {"mnist": 60000, "cifar": 50000}
@@ -134,17 +142,17 @@ def main() -> None:
             f"trainer.max_epochs={args.epochs}", f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
             f"compile={args.compile}", *args.overrides])
         timed_images = (args.epochs - WARMUP_EPOCHS) * num_train
-        best = {"framework": float("inf"), "raw": float("inf")}
+        seconds = {"framework": [], "raw": []}
         with tempfile.TemporaryDirectory() as tmp:
-            for r in range(args.repeats):
-                best["raw"] = min(best["raw"], raw_loop(cfg, device, cfg.channels_last)[0])
-                best["framework"] = min(best["framework"], framework(cfg, device, Path(tmp) / f"run{r}"))
+            for r in range(args.rounds):
+                seconds["framework"].append(framework(cfg, device, Path(tmp) / f"run{r}"))
+                seconds["raw"].append(raw_loop(cfg, device, cfg.channels_last)[0])
         emit({"bench": "parity", "shape": shape, "depth": SHAPES[shape][0], "device": str(device),
-              "precision": str(cfg.trainer.precision), "num_train": num_train, "timed_epochs": args.epochs - 1,
-              "framework_img_s": round(timed_images / best["framework"], 1),
-              "raw_img_s": round(timed_images / best["raw"], 1),
-              "ratio": round(best["raw"] / best["framework"], 3)})
-
+              "precision": str(cfg.trainer.precision), "threads": torch.get_num_threads(), "num_train": num_train,
+              "timed_epochs": args.epochs - WARMUP_EPOCHS,
+              "framework_img_s": round(timed_images / statistics.median(seconds["framework"]), 1),
+              "raw_img_s": round(timed_images / statistics.median(seconds["raw"]), 1),
+              **ratio_summary([raw / ours for ours, raw in zip(seconds["framework"], seconds["raw"])])})
 
 if __name__ == "__main__":
     main()
