@@ -242,3 +242,16 @@ def test_splits_stay_on_a_cpu_trainer_and_batches_are_normalised_there():
     assert images.dtype == torch.float32 and images.shape[1:] == (1, 8, 8)
     raw = dm.splits["test"][0][:len(images)]
     torch.testing.assert_close(images, (raw.float() / 255 - dm.mean.view(1, -1, 1, 1)) / dm.std.view(1, -1, 1, 1))
+
+
+@pytest.mark.slow  # the end-of-run passes read all 60,000 training images: ~1-2 min on 2 cores
+def test_a_short_real_mnist_run_learns_and_scores_the_whole_test_set(run_train):
+    """Real MNIST end to end: 150 steps of HAL (case1) on the 60,000 training images, tested on all 10,000."""
+    if not (SHARED_MNIST / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found in {SHARED_MNIST}/MNIST/raw")
+    scored = HandScore()
+    record = run_train("dataset=mnist", f"dataset.data_dir={SHARED_MNIST}", "dataset.download=false",
+                       "+trainer.limit_train_batches=150", "+trainer.limit_val_batches=2", callbacks=[scored])
+    assert record["status"] == "finished" and len(scored.scores["label"]) == 10000
+    assert record["test_error"] == pytest.approx(scored.scores["test_error"], abs=1e-4)
+    assert record["test_error"] < 20  # chance is 90 %: the network has learned the digits
