@@ -124,3 +124,25 @@ def test_a_damaged_hierarchy_file_is_one_line_and_left_as_it_is(tmp_path):
     assert last_line(proc).startswith(f"error: {run_dir / 'hierarchy.npz'} is damaged (")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert (run_dir / "hierarchy.npz").read_bytes() == b"PK\x03\x04 not an archive"  # unchanged
+
+
+def test_sigkill_leaves_running_and_a_checkpoint_and_a_rerun_resumes(tmp_path):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "src.train", "trainer.max_epochs=6", "trainer.enable_progress_bar=false",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first checkpoint"
+    proc.send_signal(signal.SIGKILL)  # nothing runs after this: no handler, no record update
+    proc.wait(timeout=60)
+    assert record(run_dir)["status"] == "running" and ckpt.exists()
+    rerun = cli(run_dir, "trainer.max_epochs=6")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert record(run_dir)["status"] == "finished" and record(run_dir)["resumed_at_epoch"] >= 1
+    assert epochs(run_dir) == list(range(6))  # each epoch once

@@ -104,10 +104,9 @@ def test_run_interrupted_is_not_an_exception():
     assert str(RunInterrupted(signal.SIGTERM)) == "SIGTERM"
 
 
-@pytest.mark.slow
 def test_sigterm_stops_the_real_run_and_a_rerun_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "src.train", "trainer.max_epochs=30", "trainer.enable_progress_bar=false",
+    cmd = [sys.executable, "-m", "src.train", "trainer.max_epochs=6", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -126,3 +125,46 @@ def test_sigterm_stops_the_real_run_and_a_rerun_resumes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "finished" and record["resumed_at_epoch"] >= 1
+    with open(run_dir / "history.csv") as f:  # each epoch once
+        assert [int(line.split(",")[0]) for line in f.read().splitlines()[1:]] == list(range(6))
+
+
+class _SignalAtTestBatch(pl.Callback):
+    def __init__(self, batch):
+        self.batch = batch
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _TrainSteps(pl.Callback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_train_batch_end(self, *args):
+        self.steps += 1
+
+
+@pytest.mark.parametrize("batch", [0, 1])  # the first and the last of the two test batches (360 images, 256 each)
+def test_a_signal_during_the_test_pass_of_a_real_run_is_recorded_and_a_rerun_only_tests(tmp_path, capsys, batch):
+    """README "When things go wrong": a signal during the final test pass (its last batch too) gives the same
+    `stopped:` line and `interrupted` with no test metrics; the rerun does not train again, it only tests."""
+    from helpers import FAST, compose_cfg
+    from src.train import train
+
+    cfg = compose_cfg([*FAST, "trainer.enable_checkpointing=true", "dataset.eval_batch_size=256"])
+    with pytest.raises(SystemExit) as info:
+        with stop_on_signal(tmp_path, cfg) as guard:
+            train(cfg, tmp_path, callbacks=[guard.callback(), _SignalAtTestBatch(batch)])
+    assert info.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"stopped: {tmp_path}: SIGTERM; re-run the same command to resume"
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and record["signal"] == "SIGTERM" and "test_error" not in record
+
+    steps = _TrainSteps()
+    rerun = train(cfg, tmp_path, callbacks=[steps])
+    assert steps.steps == 0 and rerun["status"] == "finished" and "test_error" in rerun
+    with open(tmp_path / "history.csv") as f:
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["0"]  # epoch 0, once
