@@ -182,10 +182,9 @@ def run_module(command: DocCommand, args: list[str], workspace: Path) -> None:
     if importlib.util.find_spec(name) is None:
         pytest.fail(f"{command.where}: {name} is documented ({command.text!r}), but src/{name[4:]}.py does not exist")
     module = importlib.import_module(name)
-    if name == "src.report":
-        for sweep in positional(args):
-            if not Path(sweep).exists():  # any sweep the docs name is the fixture sweep, copied there
-                shutil.copytree(workspace / PLACEHOLDERS["SWEEP_DIR"], sweep)
+    for path in paths(args):  # a sweep (for the report) or a run the docs name: a copy of the fixture's
+        if not Path(path).exists():
+            shutil.copytree(workspace / (PLACEHOLDERS["SWEEP_DIR"] if name == "src.report" else RUN), path)
     try:
         status = module.main(args)
     except SystemExit as e:
@@ -197,12 +196,13 @@ def run_module(command: DocCommand, args: list[str], workspace: Path) -> None:
         check_discovery(args)
 
 
-def positional(args: list[str], options_with_values=("--out", "--k", "--method", "--confusion", "--linkage")):
+def paths(args: list[str]) -> list[str]:
+    """The sweep or run dirs among the arguments: those under outputs/ that are no option's value."""
     words, out = iter(args), []
     for word in words:
-        if word in options_with_values:
+        if word in ("--out",):
             next(words, None)
-        elif not word.startswith("-"):
+        elif word.startswith("outputs/"):
             out.append(word)
     return out
 
@@ -212,14 +212,14 @@ def option(args: list[str], name: str):
 
 
 def check_report(args: list[str]) -> None:
-    sweeps = positional(args)
+    sweeps = paths(args)
     out = Path(option(args, "--out") or (sweeps[0] if len(sweeps) == 1 else os.path.commonpath(sweeps)))
     table = (out / "table.md").read_text()
     assert "2.50 ±" in table and "1.25 ±" in table, table  # the means of the fixture's test errors
 
 
 def check_discovery(args: list[str]) -> None:
-    run, k = Path(positional(args)[0]), int(option(args, "--k"))
+    run, k = Path(paths(args)[0]), int(option(args, "--k"))
     out = Path(option(args, "--out") or run / "discovered")
     names = [str(d) for d in range(10)]
     for method in [option(args, "--method")] if option(args, "--method") not in (None, "both") else ["confusion", "vectors"]:
