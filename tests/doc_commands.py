@@ -62,21 +62,23 @@ def anchors(path: Path) -> set[str]:
 
 def broken_links(path: Path) -> list[str]:
     """``file:line: target (why)`` for each relative link (or image) whose file or #anchor does not exist."""
+    lines = dict(_outside_fences(path))
+    prose = "\n".join(lines.get(n, "") for n in range(1, max(lines, default=0) + 1))  # fenced lines blank
+    prose = re.sub(r"`[^`\n]*`", "code", prose)  # a link inside inline code is no link
     broken = []
-    for number, line in _outside_fences(path):
-        line = re.sub(r"`[^`]*`", "code", line)  # a link inside inline code is no link
-        for target in re.findall(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", line):
-            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, ...
-                continue
-            file_part, _, anchor = target.partition("#")
-            where = (path.parent / file_part).resolve() if file_part else path
-            why = None
-            if not where.exists():
-                why = "no such file"
-            elif anchor and where.suffix == ".md" and anchor not in anchors(where):
-                why = f"no heading with anchor #{anchor} in {where.name}"
-            if why:
-                broken.append(f"{path.name}:{number}: {target} ({why})")
+    for match in re.finditer(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", prose):  # text may span lines
+        target = match.group(1)
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, ...
+            continue
+        file_part, _, anchor = target.partition("#")
+        where = (path.parent / file_part).resolve() if file_part else path
+        why = None
+        if not where.exists():
+            why = "no such file"
+        elif anchor and where.suffix == ".md" and anchor not in anchors(where):
+            why = f"no heading with anchor #{anchor} in {where.name}"
+        if why:
+            broken.append(f"{path.name}:{prose.count(chr(10), 0, match.start()) + 1}: {target} ({why})")
     return broken
 
 

@@ -57,9 +57,10 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path):
     (tmp_path / "b.md").write_text("## There\n")
     page = tmp_path / "a.md"
     page.write_text("[ok](b.md#there) [gone](c.md) [bad](b.md#nowhere) [self](#top) [web](https://x.org/y)\n"
-                    "`[code](x.md)`\n```\n[fenced](y.md)\n```\n# Top\n")
+                    "`[code](x.md)`\n```\n[fenced](y.md)\n```\n# Top\nsee [a link\nover two lines](d.md)\n")
     assert broken_links(page) == ["a.md:1: c.md (no such file)",
-                                  "a.md:1: b.md#nowhere (no heading with anchor #nowhere in b.md)"]
+                                  "a.md:1: b.md#nowhere (no heading with anchor #nowhere in b.md)",
+                                  "a.md:7: d.md (no such file)"]
 
 
 def test_commands_are_collected_from_fenced_blocks_only(tmp_path):
@@ -222,7 +223,8 @@ def check_discovery(args: list[str]) -> None:
     run, k = Path(paths(args)[0]), int(option(args, "--k"))
     out = Path(option(args, "--out") or run / "discovered")
     names = [str(d) for d in range(10)]
-    for method in [option(args, "--method")] if option(args, "--method") not in (None, "both") else ["confusion", "vectors"]:
+    chosen = option(args, "--method")
+    for method in [chosen] if chosen not in (None, "both") else ["confusion", "vectors"]:
         mapping = yaml.safe_load((out / f"{method}_k{k}.yaml").read_text())
         assert len(mapping) == k and sorted(sum(mapping.values(), [])) == names
         if method == "vectors" and k == 3:
