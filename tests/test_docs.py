@@ -105,6 +105,11 @@ def test_a_documented_module_that_does_not_exist_is_a_failure(doc_workspace):
         check(DocCommand("x.md", 1, "python -m src.nosuch x", "src.nosuch", ["x"]), doc_workspace)
 
 
+def test_a_make_target_that_does_not_exist_is_a_failure(doc_workspace):
+    with pytest.raises(AssertionError, match="make nosuch: no such target"):
+        check(DocCommand("x.md", 1, "make nosuch", "make", ["nosuch"]), doc_workspace)
+
+
 def test_every_marker_names_what_this_machine_lacks():
     for command in COMMANDS:
         assert set(command.needs) <= NEEDS, f"{command.where}: needs one of {sorted(NEEDS)}, got {command.needs}"
