@@ -1,6 +1,9 @@
 """Sweep dirs -> runs -> groups of runs, shared by ``src.report`` (tables) and ``src.figures``.
 
-Every ``metrics.json`` under a sweep dir is one run. Runs are grouped by dataset × depth × settings × method ×
+Every ``metrics.json`` under a sweep dir is one run; an ``eval.json`` beside it (``python -m src.eval``) replaces
+its metric fields (``status`` stays the one of ``metrics.json``). A run's measures are its numeric fields,
+flattened (``measures``); settings and tables in a record (the class -> superclass table, ``eval_hierarchy``,
+seed lists) are never measures. Runs are grouped by dataset × depth × settings × method ×
 position × case; "settings" are the values of the composed config (``.hydra/config.yaml``) in which the runs of
 a dataset and depth differ, so that runs made with different settings are never averaged together. A run whose
 files cannot be read is kept with its ``problem`` (listed, never counted) rather than refusing the sweep.
@@ -31,6 +34,11 @@ RUN_ONLY_FALLBACK = frozenset({"experiment", "trainer.accelerator", "trainer.dev
                                "progress_refresh_rate", "dataset.data_dir", "dataset.download", "dataset.on_device"})
 # Config groups whose keys are only compared between runs of the same option (a DKS key is no setting of HAL).
 SCOPED_GROUPS = ("method", "case")
+# Scalar record fields that describe a run rather than measure it.
+DESCRIPTIONS = frozenset({"seed", "depth", "epochs", "position", "resumed_at_epoch"})
+# A list field with this prefix holds one value per superclass of the run's table; its measures are named after
+# the superclass's classes (per_superclass_error.classes_5-6-7-8-9).
+PER_SUPERCLASS = "per_superclass"
 
 
 class ReportError(UserError):
@@ -43,8 +51,12 @@ class Run:
     record: dict
     config: Optional[dict] = None  # the run's .hydra/config.yaml, flattened: {"trainer.max_epochs": "250", ...}
     settings: str = ""
+    setting_values: dict = field(default_factory=dict)  # the settings as {key: value}
     problem: Optional[str] = None  # why a run is not counted although its status may say finished
     run_only: frozenset = RUN_ONLY_FALLBACK
+    sweep: Optional[Path] = None  # the sweep dir it was found under
+    evaluated: bool = False  # its eval.json replaced metric fields
+    _measures: Optional[dict] = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
@@ -62,6 +74,16 @@ class Run:
     def position(self):
         position = self.record.get("position")
         return DEFAULT_POSITION if position is None else position
+
+    @property
+    def seed(self):
+        return self.record.get("seed")
+
+    @property
+    def measures(self) -> dict[str, float]:
+        if self._measures is None:
+            self._measures = measures(self.record)
+        return self._measures
 
 
 @dataclass
@@ -95,10 +117,14 @@ class Group:
         position = f" p{self.position}" if self.position != DEFAULT_POSITION else ""
         return f"{self.method}{position} {self.case}"
 
-    def stats(self, key: str, sub=None) -> tuple[float, float, int]:
-        """Mean, sample std (ddof=1; NaN for one value) and count of ``key`` (or ``key[sub]`` of a dict or list
-        field) over the finished runs."""
-        values = [v for v in (_pick(r.record, key, sub) for r in self.finished) if v is not None]
+    def values(self, name: str) -> list[tuple[object, float]]:
+        """(seed, value) of the measure ``name`` (``measures``) for every finished run that has it."""
+        return [(r.seed, r.measures[name]) for r in self.finished if name in r.measures]
+
+    def stats(self, name: str, sub=None) -> tuple[float, float, int]:
+        """Mean, sample std (ddof=1; NaN for one value) and count of the measure ``name`` (``name.sub`` with
+        ``sub``) over the finished runs."""
+        values = [v for _, v in self.values(name if sub is None else f"{name}.{sub}")]
         if not values:
             return math.nan, math.nan, 0
         std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
@@ -114,28 +140,35 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _pick(record: dict, key: str, sub=None) -> Optional[float]:
-    value = record.get(key)
-    if sub is not None:
-        if isinstance(value, dict):
-            value = value.get(str(sub))
-        elif isinstance(value, list) and isinstance(sub, int) and -len(value) <= sub < len(value):
-            value = value[sub]
-        else:
-            value = None
-    return float(value) if _number(value) and math.isfinite(value) else None
+def _finite(value) -> bool:
+    return _number(value) and math.isfinite(value)
 
 
-def numbers(record: dict) -> dict[str, tuple[str, object]]:
-    """Every numeric field of a record, dict and list fields entry by entry: {csv name: (key, sub)}."""
+def _superclass_names(record: dict, length: int) -> Optional[list[str]]:
+    """``classes_0-1-2`` for each superclass of the run's table (``superclasses``, else ``eval_hierarchy``)."""
+    table = record.get("superclasses") or record.get("eval_hierarchy")
+    if not isinstance(table, list) or not all(isinstance(t, int) for t in table) or max(table, default=-1) + 1 != length:
+        return None
+    return ["classes_" + "-".join(str(c) for c, t in enumerate(table) if t == s) for s in range(length)]
+
+
+def measures(record: dict, prefix: str = "") -> dict[str, float]:
+    """Every finite number a record measures, flat: scalars by name, mappings entry by entry (``key.name``, or
+    ``key@k`` for a number k: ``hierarchical_distance@5``), lists of floats entry by entry (``key.i``; per
+    superclass: ``key.classes_...``). Left out: the fields that describe the run (``DESCRIPTIONS``), text,
+    and lists of integers, which are tables and seed lists (the class -> superclass table), not measures."""
     found = {}
     for key, value in record.items():
+        name = f"{prefix}{key}"
         if _number(value):
-            found[key] = (key, None)
+            if _finite(value) and not (not prefix and key in DESCRIPTIONS):
+                found[name] = float(value)
         elif isinstance(value, dict):
-            found.update({f"{key}.{k}": (key, str(k)) for k, v in value.items() if _number(v)})
-        elif isinstance(value, list):
-            found.update({f"{key}.{i}": (key, i) for i, v in enumerate(value) if _number(v)})
+            found.update(measures({f"@{k}" if str(k).isdigit() else f".{k}": v for k, v in value.items()}, name))
+        elif isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            names = (_superclass_names(record, len(value)) if key.startswith(PER_SUPERCLASS) else None) or \
+                [str(i) for i in range(len(value))]
+            found.update({f"{name}.{n}": float(v) for n, v in zip(names, value) if _finite(v)})
     return found
 
 
@@ -185,7 +218,7 @@ def run_only_keys(run_dir: Path) -> frozenset:
     return frozenset(str(k) for k in keys) if isinstance(keys, list) else RUN_ONLY_FALLBACK
 
 
-def override_settings(run: Run) -> str:
+def override_settings(run: Run) -> list[str]:
     """The run's command-line overrides that change what is trained, from Hydra's ``.hydra/overrides.yaml``."""
     path = run.dir / ".hydra" / "overrides.yaml"
     try:
@@ -193,7 +226,7 @@ def override_settings(run: Run) -> str:
     except ValueError:
         overrides = []
     excluded = GROUP_KEYS | run.run_only
-    return " ".join(sorted(str(o) for o in overrides if str(o).split("=", 1)[0].lstrip("+~") not in excluded))
+    return sorted(str(o) for o in overrides if str(o).split("=", 1)[0].lstrip("+~") not in excluded)
 
 
 def assign_settings(runs: list[Run]) -> None:
@@ -207,7 +240,9 @@ def assign_settings(runs: list[Run]) -> None:
     buckets: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         if run.config is None:
-            run.settings = override_settings(run)
+            overrides = override_settings(run)
+            run.setting_values = dict((o.split("=", 1) + [""])[:2] for o in overrides)
+            run.settings = " ".join(overrides)
         else:
             buckets[(run.record.get("dataset"), run.record.get("depth"))].append(run)
     for bucket in buckets.values():
@@ -220,7 +255,8 @@ def assign_settings(runs: list[Run]) -> None:
                 values[(key, scope)].add(value)
         differing = sorted({k for (k, _), v in values.items() if len(v) > 1 and k not in excluded})
         for run in bucket:
-            run.settings = " ".join(f"{k}={run.config[k]}" for k in differing if k in run.config)
+            run.setting_values = {k: run.config[k] for k in differing if k in run.config}
+            run.settings = " ".join(f"{k}={v}" for k, v in run.setting_values.items())
 
 
 def load_run(path: Path) -> Run:
@@ -234,6 +270,7 @@ def load_run(path: Path) -> Run:
     run = Run(path.parent, record, run_only=run_only_keys(path.parent))
     try:
         run.config = run_config(path.parent)
+        run.evaluated = merge_eval(run)
     except ValueError as e:
         run.problem = str(e)
     if run.status == "finished" and run.problem is None:
@@ -243,6 +280,22 @@ def load_run(path: Path) -> Run:
         elif not _number(record.get("test_error")):
             run.problem = "metrics.json has no numeric test_error"
     return run
+
+
+def merge_eval(run: Run) -> bool:
+    """Let the run's ``eval.json`` (``python -m src.eval``) replace the fields of its record, ``status`` aside;
+    raises ValueError if it is there but unusable."""
+    path = run.dir / "eval.json"
+    if not path.exists():
+        return False
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read eval.json: {e}") from None
+    if not isinstance(fields, dict):
+        raise ValueError("eval.json holds no JSON object")
+    run.record = {**run.record, **{k: v for k, v in fields.items() if k != "status"}}
+    return True
 
 
 def load_runs(sweep_dirs: list[Path]) -> list[Run]:
@@ -257,6 +310,7 @@ def load_runs(sweep_dirs: list[Path]) -> list[Run]:
             if path.resolve() not in seen:
                 seen.add(path.resolve())
                 runs.append(load_run(path))
+                runs[-1].sweep = sweep.resolve()
     assign_settings([r for r in runs if r.problem is None])
     return runs
 
