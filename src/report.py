@@ -13,7 +13,6 @@ import argparse
 import csv
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,7 +20,7 @@ from typing import Optional
 from src.errors import exit_code
 from src.figures import write_figures
 from src.paper import PAPER_DEPTH
-from src.rows import ALPHA, COLUMNS, EXPECTED_SEEDS, baseline_of, baselines, table_rows  # noqa: F401 (API)
+from src.rows import ALPHA, COLUMNS, EXPECTED_SEEDS, table_rows
 from src.runs import DEFAULT_POSITION, Group, ReportError, Run, group_runs, load_runs  # noqa: F401 (API)
 
 METHOD_NOTES = [
