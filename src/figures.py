@@ -223,7 +223,9 @@ def deltas_figure(dataset: str, depth, settings: str, rows: list[dict]):
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlabel("difference in test error, percentage points (negative = fewer errors)")
     ax.grid(alpha=0.3, axis="x", lw=0.5)
-    ax.legend(fontsize=7, loc="best")
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # label -> handle; the paper's marker last
+    ax.legend([handles[k] for k in sorted(handles, key=lambda k: k.startswith("paper"))],
+              sorted(handles, key=lambda k: k.startswith("paper")), fontsize=7, loc="best")
     ax.set_title(f"Δ with 95 % t-intervals over seeds, verdicts after Holm\n{_title(dataset, depth, settings, '')}",
                  fontsize=10)
     fig.tight_layout()

@@ -38,10 +38,15 @@ class Comparison:
     why: str = ""
 
 
+def _flat(values: np.ndarray) -> bool:
+    """All equal, up to the rounding of the subtractions that made them (1.0 - 1.6 vs 0.4 - 1.0)."""
+    return bool(np.ptp(values) <= 1e-9 * max(1.0, float(np.abs(values).max())))
+
+
 def _spread_why(values: np.ndarray) -> str:
     if len(values) < 2:
         return f"n={len(values)}"
-    return "zero variance" if np.ptp(values) == 0 else ""
+    return "zero variance" if _flat(values) else ""
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
@@ -84,7 +89,7 @@ def compare(a: Pairs, b: Pairs, confidence: float = CONFIDENCE) -> Optional[Comp
     if n < 2:
         return Comparison(delta, "welch", n, why="n=1")
     sd = math.hypot(np.std(x, ddof=1), np.std(y, ddof=1))
-    if sd == 0:
+    if _flat(x) and _flat(y):
         return Comparison(delta, "welch", n, sd=sd, why="zero variance")
     result = stats.ttest_ind(x, y, equal_var=False)
     ci = result.confidence_interval(confidence)
