@@ -73,7 +73,7 @@ def delta_cell(r: dict, value: str, prefix: str, short: str) -> str:
     text += f" {r[f'{short}verdict']}"
     if r[f"{prefix}_p"] is None:
         return text + " (no p)"
-    details = f"p={r[f'{prefix}_p']:.2g}, Holm {r[f'{prefix}_p_holm']:.2g}, {r[f'{short}test']}"
+    details = f"p={r[f'{prefix}_p']:.3g}, Holm {r[f'{prefix}_p_holm']:.3g}, {r[f'{short}test']}"
     needed = r[f"{short}seeds_needed"]
     return text + f" ({details}" + (f"; needs {needed} seeds" if needed is not None else "") + ")"
 

@@ -97,7 +97,7 @@ def table_rows(groups: list[Group], alpha: float = ALPHA) -> list[dict]:
     for g in groups:
         base = baseline_of(g, found)
         mean, std, n = g.stats("test_error")
-        error = t_interval([v for _, v in g.values("test_error")])
+        error = t_interval([v for _, v in g.values("test_error")]) if n else None  # n = 0: only the flags say why
         delta, fair = comparisons(g, base)
         whys: dict[str, list[str]] = {}
         for what, value in (("test error", error), ("Δ", delta), ("fair Δ", fair)):
@@ -114,7 +114,7 @@ def table_rows(groups: list[Group], alpha: float = ALPHA) -> list[dict]:
                "seeds": " ".join(str(s) for s in sorted(seeds, key=natural)),
                "epochs": " ".join(str(e) for e in epochs),
                "test_error_mean": mean, "test_error_std": std,
-               "test_error_ci_low": error.low, "test_error_ci_high": error.high,
+               "test_error_ci_low": error.low if error else None, "test_error_ci_high": error.high if error else None,
                "delta_vs_baseline": delta.delta if delta else math.nan, **_statistics("delta", delta),
                "delta_p_holm": None, "verdict": "", "seeds_needed": None, "test": delta.test if delta else "",
                "paper_test_error": paper_mean, "paper_test_error_std": paper_std,

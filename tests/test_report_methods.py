@@ -55,7 +55,7 @@ def test_fair_delta_is_oracle_error_minus_the_baselines_masked_error_of_the_same
     # Both rows have seeds 0 and 1: paired; Holm over the three Δs and, separately, the two fair Δs.
     paired = stats.ttest_rel([0.3, 0.3], [1.0, 2.0])
     ci = paired.confidence_interval(0.95)
-    delta = f"-1.20 [{ci.low:+.2f}, {ci.high:+.2f}] no evidence (p={paired.pvalue:.2g}, Holm"
+    delta = f"-1.20 [{ci.low:+.2f}, {ci.high:+.2f}] no evidence (p={paired.pvalue:.3g}, Holm"
     assert f"| digits | 10 | hal | 3 | case1 | 0.30 ± 0.00 (n=2) | {delta}" in md
     assert ("| 0.20 ± 0.00 | -0.15 [" in md and "| 0.80 ± 0.00 |  | 0.500 ± 0.000 | 0.80× | 110 / 100 (+10 / +0) |"
             in md)
