@@ -36,8 +36,8 @@ COLUMNS = [
     Column("hierarchy_rf", "hierarchy_rf", table2=False),
 ]
 COSTS = ("train_images_per_s", "params_train", "params_inference")
-# (value column, prefix of its statistics columns) of the two comparisons.
-DELTAS = (("delta_vs_baseline", "delta", ""), ("fair_delta", "fair_delta", "fair_"))
+# The prefixes of the two comparisons' columns: of the statistics (delta_p) and of verdict, seeds_needed, test.
+DELTAS = (("delta", ""), ("fair_delta", "fair_"))
 
 
 def baselines(groups: list[Group]) -> dict[tuple, Group]:
@@ -144,7 +144,7 @@ def table_rows(groups: list[Group], alpha: float = ALPHA) -> list[dict]:
 def add_verdicts(rows: list[dict], compared: list[tuple], alpha: float) -> None:
     """Holm across the rows, separately for Δ and for fair Δ; for ``no evidence``, the seeds a paired test
     would need for 80 % power at the observed difference and sd (``src.stats.seeds_needed``)."""
-    for k, (value, prefix, short) in enumerate(DELTAS):
+    for k, (prefix, short) in enumerate(DELTAS):
         adjusted = holm([c[k].p if c[k] else None for c in compared])
         for row, c, p in zip(rows, compared, adjusted):
             row[f"{prefix}_p_holm"] = p
