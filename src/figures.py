@@ -3,9 +3,11 @@
 Figs 2/4/6: train and test (or validation) loss per epoch, baseline against each case, mean ± std over
 seeds, from each run's ``history.csv``. Figs 3/5/7: the auxiliary score of every training image at the
 end of training, grouped by superclass, from ``aux_scores.npz``. Beyond the paper: accuracy of the linear
-probes fitted after every epoch (``probe/stage{k}_*`` columns of ``history.csv``). A group is ``src.runs.Group``.
+probes fitted after every epoch (``probe/stage{k}_*`` columns of ``history.csv``), and every row's Δ and fair Δ
+with their 95 % intervals (``deltas_*``, from the report's rows). A group is ``src.runs.Group``.
 """
 import csv
+import math
 import re
 import warnings
 from collections import defaultdict
@@ -21,6 +23,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from src.paper import PAPER_FIGURES  # noqa: E402
 from src.runs import CASE_ORDER, Group, order_key  # noqa: E402
+from src.report_tb import write_hparams  # noqa: E402
 
 PROBE_STAGES = (1, 2, 3)
 
@@ -189,24 +192,71 @@ def probe_figure(dataset: str, depth, settings: str, groups: dict[str, Group]):
     return fig
 
 
-def write_figures(groups: list[Group], out: Path, table: str) -> list[Path]:
+def deltas_figure(dataset: str, depth, settings: str, rows: list[dict]):
+    """Δ vs baseline and fair Δ of every (method, case) row as points with their 95 % intervals as whiskers,
+    the paper's Δ as a marker where it has one, a vertical line at 0; None without a Δ."""
+    rows = [r for r in rows if not math.isnan(r["delta_vs_baseline"])]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8.0, 1.6 + 0.55 * len(rows)))
+    labels = []
+    for y, r in enumerate(rows):
+        labels.append(Group(r["dataset"], r["depth"], r["settings"], r["case"], r["method"], r["position"]).label)
+        for value, prefix, short, offset, color, name in (
+                ("delta_vs_baseline", "delta", "", -0.12, "C0", "Δ vs baseline"),
+                ("fair_delta", "fair_delta", "fair_", 0.12, "C1", "fair Δ (vs the baseline's masked error)")):
+            x = r[value]
+            if math.isnan(x):
+                continue
+            low, high = r[f"{prefix}_ci_low"], r[f"{prefix}_ci_high"]
+            xerr = None if low is None else [[x - low], [high - x]]
+            ax.errorbar(x, y + offset, xerr=xerr, fmt="o", color=color, capsize=3, ms=5,
+                        label=name if name not in ax.get_legend_handles_labels()[1] else None)
+            ax.annotate(r[f"{short}verdict"], (x, y + offset), xytext=(6, 2), textcoords="offset points", fontsize=7,
+                        color=color)
+        paper = r["paper_delta_vs_baseline"]
+        if paper is not None and not math.isnan(paper):
+            ax.plot(paper, y, "kx", ms=7, label="paper Δ (Table 2)" if "paper Δ (Table 2)" not in
+                    ax.get_legend_handles_labels()[1] else None)
+    ax.axvline(0, color="0.3", lw=1)
+    ax.set_yticks(range(len(rows)), labels)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel("difference in test error, percentage points (negative = fewer errors)")
+    ax.grid(alpha=0.3, axis="x", lw=0.5)
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # label -> handle; the paper's marker last
+    ax.legend([handles[k] for k in sorted(handles, key=lambda k: k.startswith("paper"))],
+              sorted(handles, key=lambda k: k.startswith("paper")), fontsize=7, loc="best")
+    ax.set_title(f"Δ with 95 % t-intervals over seeds, verdicts after Holm\n{_title(dataset, depth, settings, '')}",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(groups: list[Group], rows: list[dict], out: Path, table: str) -> list[Path]:
+    """The PNGs into ``out``, and the same figures, the table and one HPARAMS entry per run into ``out/tb``."""
     from torch.utils.tensorboard import SummaryWriter
 
     written = []
     panels = _panels(groups)
     all_settings = {key[2] for key in panels}
+    by_panel = defaultdict(list)
+    for r in rows:
+        by_panel[(r["dataset"], r["depth"], r["settings"])].append(r)
     writer = SummaryWriter(log_dir=str(out / "tb"))
     try:
         writer.add_text("table2", table)
         for (dataset, depth, settings), cases in panels.items():
-            for kind, make in (("loss", loss_figure), ("aux_scores", aux_score_figure), ("probes", probe_figure)):
-                fig = make(dataset, depth, settings, cases)
+            figures = [(kind, make(dataset, depth, settings, cases)) for kind, make in
+                       (("loss", loss_figure), ("aux_scores", aux_score_figure), ("probes", probe_figure))]
+            figures.append(("deltas", deltas_figure(dataset, depth, settings, by_panel[(dataset, depth, settings)])))
+            for kind, fig in figures:
                 if fig is None:
                     continue
                 name = _figure_name(kind, dataset, depth, settings, all_settings)
                 fig.savefig(out / f"{name}.png", dpi=120)
                 writer.add_figure(f"{kind}/{name}", fig, close=True)
                 written.append(out / f"{name}.png")
+        write_hparams(writer, groups)
     finally:
         writer.close()
     return written

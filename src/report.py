@@ -1,12 +1,13 @@
 """Sweep dirs -> the paper's Table 2 (``table.md``, ``table.csv``) and Figures 2-7 (``src.figures``).
 
-    python -m src.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR]
+    python -m src.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--alpha 0.05]
 
 Every ``metrics.json`` under the given dirs is one run; ``src.runs`` groups them by dataset × depth × settings
 × method × position × case. Only runs whose status is ``finished`` count; failed, unfinished (still running,
 or killed) and unreadable ones are listed and flagged. Mean ± std are over seeds, with the sample standard
-deviation (ddof=1). With methods other than the paper's HAL (or the block at another stage) the table gains
-the columns that compare them fairly (``METHOD_NOTES``).
+deviation (ddof=1); every Δ has its 95 % t-interval, p-value and verdict (``src.rows``, ``src.stats``). With
+methods other than the paper's HAL (or the block at another stage) the table gains the columns that compare
+them fairly (``METHOD_NOTES``). docs/report.md explains every column.
 """
 import argparse
 import csv
@@ -18,37 +19,41 @@ from typing import Optional
 
 from src.errors import exit_code
 from src.figures import write_figures
-from src.paper import PAPER_DEPTH, PAPER_TABLE2
-from src.runs import DEFAULT_POSITION, Group, ReportError, Run, group_runs, load_runs, natural, numbers  # noqa: F401 (ReportError: API)
+from src.paper import PAPER_DEPTH
+from src.rows import ALPHA, COLUMNS, EXPECTED_SEEDS, table_rows
+from src.runs import DEFAULT_POSITION, Group, ReportError, Run, group_runs, load_runs  # noqa: F401 (API)
 
-# Written by the test protocols when present (%), shown as mean ± std beside test_error.
-OPTIONAL_COLUMNS = ["test_error_inferred", "test_error_shuffled", "superclass_acc", "within_superclass_mistakes"]
-EXPECTED_SEEDS = 5
-# Record fields that describe a run rather than measure it: not averaged into the CSV.
-NOT_MEASURES = {"seed", "depth", "epochs", "position", "test_error"}
 METHOD_NOTES = [
     "method, position, case: the method (hal = the paper's auxiliary block, or the plain network with case "
     "baseline), the stage the block follows (3 = the paper's place) and the Table 1 superclasses used.",
     "oracle: test error with the true superclass fed to the block (the paper's protocol); for methods "
     "without the block, their plain test error.",
     "inferred: test error with no hint, the block trying every superclass and keeping the most confident.",
-    "masked: test error when predicting only among the classes of the true superclass; it is the fair "
-    "yardstick for the oracle protocol because it gives the plain network the same test-time hint "
-    "(rows without the block list it for every case they were scored on).",
-    "fair Δ: a block row's oracle error minus the baseline's masked error for the same case "
-    "(negative = the block beats the same hint given to the plain network); empty for rows without the block.",
     "superclass acc: % of test images whose predicted class lies in the true superclass.",
     "within-superclass mistakes: % of the errors that still fall inside the true superclass.",
     "hierarchy_mean_corr and hierarchy_rf: mean correlation between the learned and the true class "
     "hierarchy, and Robinson-Foulds distance between their trees (lower = closer).",
-    "img/s vs baseline: training throughput as the ratio of the mean images per second to the baseline's.",
+    "img/s vs baseline: training throughput as the ratio of the mean images per second to the baseline's; "
+    "given only between runs of one sweep dir, and it depends on the machine's load while they ran.",
+    "FLOPs / train image (where runs recorded it): floating-point operations of one training image.",
     "params vs baseline: trainable parameters while training / at inference, and the change against the "
     "baseline in brackets.",
 ]
+FAIR_NOTE = (
+    "masked: test error when predicting only among the classes of the true superclass; it is the fair "
+    "yardstick for the oracle protocol because it gives the plain network the same test-time hint "
+    "(rows without the block list it for every case they were scored on). "
+    "fair Δ: a block row's oracle error minus the baseline's masked error for the same case "
+    "(negative = the block beats the same hint given to the plain network); empty for rows without the block.")
+
+
+def methods_shown(groups: list[Group]) -> bool:
+    """Whether the table needs the method columns: another method, or the block at another stage."""
+    return any(g.method != "hal" or g.position != DEFAULT_POSITION for g in groups)
 
 
 def _fmt(mean: float, std: float, digits: int = 2) -> str:
-    if math.isnan(mean):
+    if mean is None or math.isnan(mean):
         return ""
     return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{digits}f}")
 
@@ -57,75 +62,20 @@ def _signed(value: Optional[float]) -> str:
     return "" if value is None or math.isnan(value) else f"{value:+.2f}"
 
 
-def _baselines(groups: list[Group]) -> dict[tuple, Group]:
-    """(dataset, depth, settings[, position]) -> the plain network's group (method hal, case baseline)."""
-    found = {}
-    for g in sorted((g for g in groups if g.is_baseline), key=lambda g: g.position != DEFAULT_POSITION):
-        found.setdefault((g.dataset, g.depth, g.settings), g)
-        found.setdefault((g.dataset, g.depth, g.settings, g.position), g)
-    return found
-
-
-def methods_shown(groups: list[Group]) -> bool:
-    """Whether the table needs the method columns: another method, or the block at another stage."""
-    return any(g.method != "hal" or g.position != DEFAULT_POSITION for g in groups)
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-
-
-def table_rows(groups: list[Group]) -> list[dict]:
-    """One dict per group: every number of the table, unformatted (the CSV), plus flags."""
-    baselines = _baselines(groups)
-    present = [c for c in OPTIONAL_COLUMNS if any(g.stats(c)[2] for g in groups)]
-    extra = {}
-    for g in groups:
-        for r in g.finished:
-            extra.update({k: v for k, v in numbers(r.record).items() if k not in NOT_MEASURES and k not in present})
-    rows = []
-    for g in groups:
-        mean, std, n = g.stats("test_error")
-        base = baselines.get((g.dataset, g.depth, g.settings, g.position)) or \
-            baselines.get((g.dataset, g.depth, g.settings))
-        paper_mean, paper_std = g.paper()
-        paper_delta = None
-        if paper_mean is not None and g.case != "baseline":
-            paper_delta = paper_mean - PAPER_TABLE2[g.dataset]["baseline"][0]
-        seeds = [r.record.get("seed") for r in g.finished]
-        failed = [r for r in g.runs if r.status == "failed"]
-        unfinished = [r for r in g.runs if not r.finished and r.status != "failed"]
-        epochs = sorted({r.record.get("epochs") for r in g.finished}, key=natural)
-        flags = []
-        if n < EXPECTED_SEEDS:
-            flags.append(f"n<{EXPECTED_SEEDS}")
-        if failed:
-            flags.append(f"{len(failed)} failed")
-        if unfinished:
-            flags.append(f"{len(unfinished)} unfinished")
-        if len(set(seeds)) < len(seeds):
-            flags.append("repeated seeds")
-        if len(epochs) > 1:
-            flags.append("mixed epochs")
-        row = {"dataset": g.dataset, "depth": g.depth, "settings": g.settings, "case": g.case, "n": n,
-               "method": g.method, "position": g.position,
-               "seeds": " ".join(str(s) for s in sorted(seeds, key=natural)),
-               "epochs": " ".join(str(e) for e in epochs),
-               "test_error_mean": mean, "test_error_std": std,
-               "delta_vs_baseline": mean - base.stats("test_error")[0] if base and not g.is_baseline else math.nan,
-               "paper_test_error": paper_mean, "paper_test_error_std": paper_std,
-               "paper_delta_vs_baseline": paper_delta}
-        for c in present:
-            row[f"{c}_mean"], row[f"{c}_std"], _ = g.stats(c)
-        row["fair_delta"] = mean - base.stats("test_error_masked", g.case)[0] if base and g.has_block else math.nan
-        for name in ("train_images_per_s", "params_train", "params_inference"):
-            mine, theirs = g.stats(name)[0], base.stats(name)[0] if base else math.nan
-            row[f"{name}_vs_baseline"] = _ratio(mine, theirs) if name == "train_images_per_s" else mine - theirs
-        for name, (key, sub) in sorted(extra.items()):
-            row[f"{name}_mean"], row[f"{name}_std"], _ = g.stats(key, sub)
-        row.update(failed=len(failed), unfinished=len(unfinished), flags="; ".join(flags))
-        rows.append(row)
-    return rows
+def delta_cell(r: dict, value: str, prefix: str, short: str) -> str:
+    """``-0.78 [-1.02, -0.54] better (p=0.004, Holm 0.012, paired)``; for ``no evidence`` also the seeds at
+    which a paired test would have 80 % power; ``(no p)`` for one seed or zero variance."""
+    if r[value] is None or math.isnan(r[value]):
+        return ""
+    text = _signed(r[value])
+    if r[f"{prefix}_ci_low"] is not None:
+        text += f" [{r[f'{prefix}_ci_low']:+.2f}, {r[f'{prefix}_ci_high']:+.2f}]"
+    text += f" {r[f'{short}verdict']}"
+    if r[f"{prefix}_p"] is None:
+        return text + " (no p)"
+    details = f"p={r[f'{prefix}_p']:.3g}, Holm {r[f'{prefix}_p_holm']:.3g}, {r[f'{short}test']}"
+    needed = r[f"{short}seeds_needed"]
+    return text + f" ({details}" + (f"; needs {needed} seeds" if needed is not None else "") + ")"
 
 
 def _optimizer(config: dict[str, str]) -> str:
@@ -173,39 +123,46 @@ def _params(r: dict) -> str:
     return text + " (" + " / ".join("" if math.isnan(d) else f"{d:+,.0f}" for d in deltas) + ")"
 
 
-def _method_cells(r: dict) -> list[str]:
-    ratio = r["train_images_per_s_vs_baseline"]
-    return [_cell(r, "test_error_inferred"), _masked(r), _signed(r["fair_delta"]), _cell(r, "superclass_acc"),
-            _cell(r, "within_superclass_mistakes"), _cell(r, "hierarchy_mean_corr", 3), _cell(r, "hierarchy_rf"),
-            "" if math.isnan(ratio) else f"{ratio:.2f}×", _params(r)]
+def _flops(r: dict) -> str:
+    value = r.get("flops_per_train_image_mean", math.nan)
+    return "" if math.isnan(value) else f"{value:.3g}"
 
 
-def markdown(rows: list[dict], runs: list[Run], methods: bool = False) -> str:
+def markdown(rows: list[dict], runs: list[Run], methods: bool = False, alpha: float = ALPHA) -> str:
     """The table; ``methods``: the columns that compare methods (``METHOD_NOTES``) instead of the paper's."""
-    optional = [c for c in OPTIONAL_COLUMNS if f"{c}_mean" in (rows[0] if rows else {})]
+    shown = [c for c in COLUMNS if (methods or c.table2) and any(f"{c.measure}_mean" in r for r in rows)]
+    flops = any(not math.isnan(r.get("flops_per_train_image_mean", math.nan)) for r in rows)
     show_settings = len({r["settings"] for r in rows}) > 1
     error = "test error % (mean ± std, n seeds)"
-    if methods:
-        columns = ["method", "position", "case", f"oracle {error}", "Δ vs baseline", "inferred %", "masked %",
-                   "fair Δ", "superclass acc %", "within-superclass mistakes %", "hierarchy_mean_corr",
-                   "hierarchy_rf", "img/s vs baseline", "params train / inference (vs baseline)"]
-    else:
-        columns = ["case", error, "Δ vs baseline", "paper", "paper Δ"] + [f"{c} %" for c in optional]
-    header = ["dataset", "depth"] + (["settings"] if show_settings else []) + columns + ["epochs", "flags"]
+    delta, fair = "Δ vs baseline [95 % CI] verdict", "fair Δ [95 % CI] verdict"
+    first = ["method", "position", "case", f"oracle {error}", delta] if methods else \
+        ["case", error, delta, "paper", "paper Δ"]
+    last = (["img/s vs baseline"] + (["FLOPs / train image"] if flops else []) +
+            ["params train / inference (vs baseline)"]) if methods else []
+    header = ["dataset", "depth"] + (["settings"] if show_settings else []) + first + ["masked %", fair] + \
+        [c.header for c in shown] + last + ["epochs", "flags"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         error_cell = f"{_fmt(r['test_error_mean'], r['test_error_std'])} (n={r['n']})" if r["n"] else "(n=0)"
+        delta_text = delta_cell(r, "delta_vs_baseline", "delta", "")
         if methods:
-            cells = [r["method"], str(r["position"]), r["case"], error_cell, _signed(r["delta_vs_baseline"])] + \
-                _method_cells(r)
+            cells = [r["method"], str(r["position"]), r["case"], error_cell, delta_text]
         else:
-            cells = [r["case"], error_cell, _signed(r["delta_vs_baseline"]),
-                     _fmt(r["paper_test_error"], r["paper_test_error_std"]) if r["paper_test_error"] is not None
-                     else "", _signed(r["paper_delta_vs_baseline"])] + \
-                [_fmt(r[f"{c}_mean"], r[f"{c}_std"]) for c in optional]
+            paper = _fmt(r["paper_test_error"], r["paper_test_error_std"]) if r["paper_test_error"] is not None else ""
+            cells = [r["case"], error_cell, delta_text, paper, _signed(r["paper_delta_vs_baseline"])]
+        cells += [_masked(r), delta_cell(r, "fair_delta", "fair_delta", "fair_")]
+        cells += [_cell(r, c.measure, c.digits) for c in shown]
+        if methods:
+            ratio = r["train_images_per_s_vs_baseline"]
+            cells += ["" if math.isnan(ratio) else f"{ratio:.2f}×"] + ([_flops(r)] if flops else []) + [_params(r)]
         cells = [r["dataset"], str(r["depth"])] + ([r["settings"] or "(none)"] if show_settings else []) + cells
         lines.append("| " + " | ".join(cells + [r["epochs"], r["flags"]]) + " |")
+    return "\n".join(lines + _notes(rows, runs, methods, alpha)) + "\n"
+
+
+def _notes(rows: list[dict], runs: list[Run], methods: bool, alpha: float) -> list[str]:
     note = recipe_note(runs)
+    tested = [sum(r[f"{p}_p"] is not None for r in rows) for p in ("delta", "fair_delta")]
     paper = (f"paper: Table 2 of the paper (5 runs), shown at its depths "
              f"({', '.join(f'{d} {k}' for k, d in PAPER_DEPTH.items())}). ")
     notes = (["", note] if note else []) + [
@@ -214,12 +171,22 @@ def markdown(rows: list[dict], runs: list[Run], methods: bool = False) -> str:
          else "") +
         "mean ± std over seeds; std is the sample standard deviation (ddof=1), empty for one seed. "
         "Δ: change of the mean against the baseline of the same dataset, depth and settings "
-        f"(negative = fewer errors). {'' if methods else paper}"
+        f"(negative = fewer errors). {'' if methods else paper}{FAIR_NOTE} "
+        "[95 % CI]: Student-t interval of the difference; paired by seed (mean of the per-seed differences, "
+        "paired t-test) where both rows have the same seeds, else Welch's test (the `test` column of table.csv). "
+        f"Verdict: better / worse where the Holm-corrected p is at most α = {alpha:g}, across the "
+        f"{tested[0]} Δs and, separately, the {tested[1]} fair Δs of this table; else no evidence, with the "
+        "seeds at which a paired t-test would have 80 % power for the observed difference and sd "
+        "(docs/report.md, \"Reading the report\"). "
         f"Flags: n<{EXPECTED_SEEDS} (fewer seeds than the paper), failed and unfinished runs "
-        "(not counted in the means).",
+        "(not counted in the means), no interval (one seed or zero variance).",
     ]
     if methods:
         notes += [""] + [f"- {n}" for n in METHOD_NOTES]
+    evaluated = sum(r.evaluated for r in runs if r.finished)
+    if evaluated:
+        notes += ["", f"{evaluated} counted runs have an eval.json (python -m src.eval): its metrics replace "
+                      "those of their metrics.json."]
     problems = [r for r in runs if not r.finished]
     if problems:
         notes += ["", "Runs not counted:", ""]
@@ -227,7 +194,7 @@ def markdown(rows: list[dict], runs: list[Run], methods: bool = False) -> str:
             reason = r.problem or r.record.get("error",
                                                "unfinished: still running, or killed (re-run the sweep to resume it)")
             notes.append(f"- `{r.dir}` ({r.status}): {reason}")
-    return "\n".join(lines + notes) + "\n"
+    return notes
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -239,20 +206,22 @@ def write_csv(rows: list[dict], path: Path) -> None:
                              for k, v in r.items()})
 
 
-def report(sweep_dirs: list[Path], out: Optional[Path] = None) -> dict:
+def report(sweep_dirs: list[Path], out: Optional[Path] = None, alpha: float = ALPHA) -> dict:
     """Write table.md, table.csv and the figures to ``out`` (default: the sweep dir, or the common parent
     of several). Returns {"rows", "markdown", "figures"}."""
+    if not 0 < alpha < 1:
+        raise ReportError(f"--alpha must lie between 0 and 1, not {alpha:g}")
     runs = load_runs(sweep_dirs)
     groups = group_runs(runs)
-    rows = table_rows(groups)
+    rows = table_rows(groups, alpha)
     if out is None:
         out = sweep_dirs[0] if len(sweep_dirs) == 1 else Path(
             os.path.commonpath([str(p.resolve()) for p in sweep_dirs]))
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(rows, runs, methods_shown(groups))
+    md = markdown(rows, runs, methods_shown(groups), alpha)
     (out / "table.md").write_text(md)
     write_csv(rows, out / "table.csv")
-    figures = write_figures(groups, out, md)
+    figures = write_figures(groups, rows, out, md)
     return {"rows": rows, "markdown": md, "figures": figures, "out": out}
 
 
@@ -262,9 +231,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="where table.md, table.csv, the PNGs and tb/ go (default: the sweep dir, or the "
                              "common parent of several)")
+    parser.add_argument("--alpha", type=float, default=ALPHA,
+                        help=f"family-wise error rate of the verdicts, Holm-corrected per table (default {ALPHA})")
     args = parser.parse_args(argv)
     try:
-        result = report(args.sweep_dirs, args.out)
+        result = report(args.sweep_dirs, args.out, args.alpha)
     except Exception as e:
         return exit_code(e)
     print(result["markdown"])

@@ -1,36 +1,34 @@
 """Sweep dirs -> runs -> groups of runs, shared by ``src.report`` (tables) and ``src.figures``.
 
-Every ``metrics.json`` under a sweep dir is one run. Runs are grouped by dataset × depth × settings × method ×
-position × case; "settings" are the values of the composed config (``.hydra/config.yaml``) in which the runs of
+Every ``metrics.json`` under a sweep dir is one run; an ``eval.json`` beside it (``python -m src.eval``) replaces
+its metric fields (``status`` stays the one of ``metrics.json``). A run's measures are its numeric fields,
+flattened (``measures``); settings and tables in a record (the class -> superclass table, ``eval_hierarchy``,
+seed lists) are never measures. Runs are grouped by dataset × depth × settings × method ×
+position × case; "settings" (``src.settings``) are the values of the composed config (``.hydra/config.yaml``) in which the runs of
 a dataset and depth differ, so that runs made with different settings are never averaged together. A run whose
 files cannot be read is kept with its ``problem`` (listed, never counted) rather than refusing the sweep.
 """
 import json
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import yaml
 
 from src.errors import UserError
 from src.paper import CASES, PAPER_DEPTH, PAPER_TABLE2
+from src.settings import GROUP_KEYS, RUN_ONLY_FALLBACK, assign_settings, run_config, run_only_keys  # noqa: F401 (API)
 
 CASE_ORDER = ["baseline", *CASES, "custom"]
 DATASET_ORDER = ["mnist", "svhn", "cifar10"]
 METHOD_ORDER = ["hal"]  # the paper's method first, the others by name
 DEFAULT_METHOD, DEFAULT_POSITION = "hal", 3  # what records written before methods existed were
-# The group keys themselves (config keys and command-line overrides): never part of a group's "settings".
-GROUP_KEYS = frozenset({"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth",
-                        "model.depth", "method", "method.name", "method.position", "position"})
-# Keys that only say how or where to run, for runs without .hydra/hydra.yaml (which holds the real list,
-# hydra.job.config.override_dirname.exclude_keys): the list of conf/config.yaml when this was written.
-RUN_ONLY_FALLBACK = frozenset({"experiment", "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar",
-                               "progress_refresh_rate", "dataset.data_dir", "dataset.download", "dataset.on_device"})
-# Config groups whose keys are only compared between runs of the same option (a DKS key is no setting of HAL).
-SCOPED_GROUPS = ("method", "case")
+# Scalar record fields that describe a run rather than measure it.
+DESCRIPTIONS = frozenset({"seed", "depth", "epochs", "position", "resumed_at_epoch"})
+# A list field with this prefix holds one value per superclass of the run's table; its measures are named after
+# the superclass's classes (per_superclass_error.classes_5-6-7-8-9).
+PER_SUPERCLASS = "per_superclass"
 
 
 class ReportError(UserError):
@@ -43,8 +41,12 @@ class Run:
     record: dict
     config: Optional[dict] = None  # the run's .hydra/config.yaml, flattened: {"trainer.max_epochs": "250", ...}
     settings: str = ""
+    setting_values: dict = field(default_factory=dict)  # the settings as {key: value}
     problem: Optional[str] = None  # why a run is not counted although its status may say finished
     run_only: frozenset = RUN_ONLY_FALLBACK
+    sweep: Optional[Path] = None  # the sweep dir it was found under
+    evaluated: bool = False  # its eval.json replaced metric fields
+    _measures: Optional[dict] = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
@@ -62,6 +64,16 @@ class Run:
     def position(self):
         position = self.record.get("position")
         return DEFAULT_POSITION if position is None else position
+
+    @property
+    def seed(self):
+        return self.record.get("seed")
+
+    @property
+    def measures(self) -> dict[str, float]:
+        if self._measures is None:
+            self._measures = measures(self.record)
+        return self._measures
 
 
 @dataclass
@@ -95,10 +107,14 @@ class Group:
         position = f" p{self.position}" if self.position != DEFAULT_POSITION else ""
         return f"{self.method}{position} {self.case}"
 
-    def stats(self, key: str, sub=None) -> tuple[float, float, int]:
-        """Mean, sample std (ddof=1; NaN for one value) and count of ``key`` (or ``key[sub]`` of a dict or list
-        field) over the finished runs."""
-        values = [v for v in (_pick(r.record, key, sub) for r in self.finished) if v is not None]
+    def values(self, name: str) -> list[tuple[object, float]]:
+        """(seed, value) of the measure ``name`` (``measures``) for every finished run that has it."""
+        return [(r.seed, r.measures[name]) for r in self.finished if name in r.measures]
+
+    def stats(self, name: str, sub=None) -> tuple[float, float, int]:
+        """Mean, sample std (ddof=1; NaN for one value) and count of the measure ``name`` (``name.sub`` with
+        ``sub``) over the finished runs."""
+        values = [v for _, v in self.values(name if sub is None else f"{name}.{sub}")]
         if not values:
             return math.nan, math.nan, 0
         std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
@@ -114,113 +130,36 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _pick(record: dict, key: str, sub=None) -> Optional[float]:
-    value = record.get(key)
-    if sub is not None:
-        if isinstance(value, dict):
-            value = value.get(str(sub))
-        elif isinstance(value, list) and isinstance(sub, int) and -len(value) <= sub < len(value):
-            value = value[sub]
-        else:
-            value = None
-    return float(value) if _number(value) and math.isfinite(value) else None
+def _finite(value) -> bool:
+    return _number(value) and math.isfinite(value)
 
 
-def numbers(record: dict) -> dict[str, tuple[str, object]]:
-    """Every numeric field of a record, dict and list fields entry by entry: {csv name: (key, sub)}."""
+def _superclass_names(record: dict, length: int) -> Optional[list[str]]:
+    """``classes_0-1-2`` for each superclass of the run's table (``superclasses``, else ``eval_hierarchy``)."""
+    table = record.get("superclasses") or record.get("eval_hierarchy")
+    if not isinstance(table, list) or not all(isinstance(t, int) for t in table) or max(table, default=-1) + 1 != length:
+        return None
+    return ["classes_" + "-".join(str(c) for c, t in enumerate(table) if t == s) for s in range(length)]
+
+
+def measures(record: dict, prefix: str = "") -> dict[str, float]:
+    """Every finite number a record measures, flat: scalars by name, mappings entry by entry (``key.name``, or
+    ``key@k`` for a number k: ``hierarchical_distance@5``), lists of floats entry by entry (``key.i``; per
+    superclass: ``key.classes_...``). Left out: the fields that describe the run (``DESCRIPTIONS``), text,
+    and lists of integers, which are tables and seed lists (the class -> superclass table), not measures."""
     found = {}
     for key, value in record.items():
+        name = f"{prefix}{key}"
         if _number(value):
-            found[key] = (key, None)
+            if _finite(value) and not (not prefix and key in DESCRIPTIONS):
+                found[name] = float(value)
         elif isinstance(value, dict):
-            found.update({f"{key}.{k}": (key, str(k)) for k, v in value.items() if _number(v)})
-        elif isinstance(value, list):
-            found.update({f"{key}.{i}": (key, i) for i, v in enumerate(value) if _number(v)})
+            found.update(measures({f"@{k}" if str(k).isdigit() else f".{k}": v for k, v in value.items()}, name))
+        elif isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            names = (_superclass_names(record, len(value)) if key.startswith(PER_SUPERCLASS) else None) or \
+                [str(i) for i in range(len(value))]
+            found.update({f"{name}.{n}": float(v) for n, v in zip(names, value) if _finite(v)})
     return found
-
-
-def _read_yaml(path: Path):
-    """The file's YAML; raises ValueError with one line why."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        mark = getattr(e, "problem_mark", None)
-        why = f"{e.problem} (line {mark.line + 1})" if mark and getattr(e, "problem", None) else str(e).splitlines()[0]
-        raise ValueError(f"cannot read {path.relative_to(path.parent.parent)}: {why}") from None
-
-
-def _text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    """{"trainer": {"max_epochs": 250}} -> {"trainer.max_epochs": "250"}; lists stay whole ("[0.1, 0.2]")."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = _text(value)
-    return flat
-
-
-def run_config(run_dir: Path) -> Optional[dict[str, str]]:
-    """The run's composed config as Hydra saved it (``.hydra/config.yaml``, interpolations unresolved);
-    raises ValueError if it is there but cannot be read."""
-    path = run_dir / ".hydra" / "config.yaml"
-    config = _read_yaml(path) if path.exists() else None
-    if config is not None and not isinstance(config, dict):
-        raise ValueError(f"{path.relative_to(run_dir)} holds no mapping")
-    return flatten(config) if config else None
-
-
-def run_only_keys(run_dir: Path) -> frozenset:
-    """The keys Hydra left out of the run's dir name (``hydra.job.config.override_dirname.exclude_keys`` in
-    ``.hydra/hydra.yaml``); the built-in list where the run has none."""
-    path = run_dir / ".hydra" / "hydra.yaml"
-    try:
-        keys = _read_yaml(path)["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"] if path.exists() else None
-    except (ValueError, KeyError, TypeError):
-        keys = None
-    return frozenset(str(k) for k in keys) if isinstance(keys, list) else RUN_ONLY_FALLBACK
-
-
-def override_settings(run: Run) -> str:
-    """The run's command-line overrides that change what is trained, from Hydra's ``.hydra/overrides.yaml``."""
-    path = run.dir / ".hydra" / "overrides.yaml"
-    try:
-        overrides = (_read_yaml(path) if path.exists() else None) or []
-    except ValueError:
-        overrides = []
-    excluded = GROUP_KEYS | run.run_only
-    return " ".join(sorted(str(o) for o in overrides if str(o).split("=", 1)[0].lstrip("+~") not in excluded))
-
-
-def assign_settings(runs: list[Run]) -> None:
-    """A run's settings: the config values that differ between the runs of its dataset and depth.
-
-    From the composed config, not the command line, so that ``experiment=table2_svhn`` and the same keys
-    typed by hand are one setting, and a preset never hides what it changed. A key that some runs lack
-    (a config of an older version) is no difference; a ``method.*`` key only differs between runs of one
-    method. Runs without ``.hydra/config.yaml`` fall back to their command-line overrides.
-    """
-    buckets: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        if run.config is None:
-            run.settings = override_settings(run)
-        else:
-            buckets[(run.record.get("dataset"), run.record.get("depth"))].append(run)
-    for bucket in buckets.values():
-        excluded = GROUP_KEYS.union(*(run.run_only for run in bucket))
-        values: dict[tuple, set] = defaultdict(set)
-        for run in bucket:
-            for key, value in run.config.items():
-                group = key.split(".", 1)[0]
-                scope = run.config.get(f"{group}.name") if group in SCOPED_GROUPS else None
-                values[(key, scope)].add(value)
-        differing = sorted({k for (k, _), v in values.items() if len(v) > 1 and k not in excluded})
-        for run in bucket:
-            run.settings = " ".join(f"{k}={run.config[k]}" for k in differing if k in run.config)
 
 
 def load_run(path: Path) -> Run:
@@ -234,6 +173,7 @@ def load_run(path: Path) -> Run:
     run = Run(path.parent, record, run_only=run_only_keys(path.parent))
     try:
         run.config = run_config(path.parent)
+        run.evaluated = merge_eval(run)
     except ValueError as e:
         run.problem = str(e)
     if run.status == "finished" and run.problem is None:
@@ -243,6 +183,22 @@ def load_run(path: Path) -> Run:
         elif not _number(record.get("test_error")):
             run.problem = "metrics.json has no numeric test_error"
     return run
+
+
+def merge_eval(run: Run) -> bool:
+    """Let the run's ``eval.json`` (``python -m src.eval``) replace the fields of its record, ``status`` aside;
+    raises ValueError if it is there but unusable."""
+    path = run.dir / "eval.json"
+    if not path.exists():
+        return False
+    try:
+        fields = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read eval.json: {e}") from None
+    if not isinstance(fields, dict):
+        raise ValueError("eval.json holds no JSON object")
+    run.record = {**run.record, **{k: v for k, v in fields.items() if k != "status"}}
+    return True
 
 
 def load_runs(sweep_dirs: list[Path]) -> list[Run]:
@@ -257,6 +213,7 @@ def load_runs(sweep_dirs: list[Path]) -> list[Run]:
             if path.resolve() not in seen:
                 seen.add(path.resolve())
                 runs.append(load_run(path))
+                runs[-1].sweep = sweep.resolve()
     assign_settings([r for r in runs if r.problem is None])
     return runs
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 from omegaconf import OmegaConf
+from scipy import stats
 
 from helpers import compose_cfg
 from src.figures import loss_figure
@@ -72,8 +73,11 @@ def test_table_has_mean_sample_std_change_vs_baseline_paper_values_and_flags(mni
 
     md = (mnist_sweep / "table.md").read_text()
     assert md in printed + "\n"
-    assert "| mnist | 10 | case1 | 0.50 ± 0.10 (n=3) | -0.50 | 0.43 ± 0.03 | -0.50 | 0.80 ± 0.10 |" in md
-    assert "| mnist | 10 | baseline | 1.00 ± 0.16 (n=5) |  | 0.93 |  |  |" in md
+    welch = stats.ttest_ind([0.5, 0.6, 0.4], [1.0, 1.1, 0.9, 1.2, 0.8], equal_var=False)  # seeds 0-2 vs 0-4
+    ci = welch.confidence_interval(0.95)
+    delta = f"-0.50 [{ci.low:+.2f}, {ci.high:+.2f}] better (p={welch.pvalue:.3g}, Holm {welch.pvalue:.3g}, welch)"
+    assert f"| mnist | 10 | case1 | 0.50 ± 0.10 (n=3) | {delta} | 0.43 ± 0.03 | -0.50 |  |  | 0.80 ± 0.10 |" in md
+    assert "| mnist | 10 | baseline | 1.00 ± 0.16 (n=5) |  | 0.93 |  |  |  |  |" in md
     assert "ddof=1" in md
     assert "Recipe beyond the paper" not in md  # no .hydra/config.yaml: nothing to say about the recipe
     assert "case=case1,seed=3` (failed): DivergenceError" in md and "case=case1,seed=4` (running)" in md

@@ -5,6 +5,7 @@ import math
 import matplotlib.image
 import numpy as np
 import pytest
+from scipy import stats
 
 from src.figures import probe_figure
 from src.report import group_runs, load_runs, main, table_rows
@@ -46,14 +47,21 @@ def test_fair_delta_is_oracle_error_minus_the_baselines_masked_error_of_the_same
 
     md = (methods_sweep / "table.md").read_text()
     header = md.splitlines()[0]
-    for column in ("| method | position | case | oracle test error", "| inferred % | masked % | fair Δ |",
-                   "superclass acc %", "within-superclass mistakes %", "hierarchy_mean_corr", "hierarchy_rf",
-                   "img/s vs baseline", "params train / inference (vs baseline)", "Δ vs baseline", "flags"):
+    for column in ("| method | position | case | oracle test error", "| masked % | fair Δ [95 % CI] verdict |",
+                   "| inferred % | superclass acc % | hierarchy_mean_corr |", "img/s vs baseline",
+                   "params train / inference (vs baseline)", "Δ vs baseline [95 % CI] verdict", "flags"):
         assert column in header
-    assert ("| digits | 10 | hal | 3 | case1 | 0.30 ± 0.00 (n=2) | -1.20 | 0.80 ± 0.00 | 0.20 ± 0.00 | -0.15 "
-            "|  |  | 0.500 ± 0.000 |  | 0.80× | 110 / 100 (+10 / +0) |") in md
-    assert "| dks | 3 | case1 | 0.90 ± 0.00 (n=2) | -0.60 |  | case1 0.60 ± 0.00; case2 0.70 ± 0.00 |  |" in md
-    assert "| hal | 3 | baseline | 1.50 ± 0.71 (n=2) |  |  | case1 0.45 ± 0.07; case2 0.55" in md
+    assert "within-superclass mistakes %" not in header and "hierarchy_rf" not in header  # no run has them
+    # Both rows have seeds 0 and 1: paired; Holm over the three Δs and, separately, the two fair Δs.
+    paired = stats.ttest_rel([0.3, 0.3], [1.0, 2.0])
+    ci = paired.confidence_interval(0.95)
+    delta = f"-1.20 [{ci.low:+.2f}, {ci.high:+.2f}] no evidence (p={paired.pvalue:.3g}, Holm"
+    assert f"| digits | 10 | hal | 3 | case1 | 0.30 ± 0.00 (n=2) | {delta}" in md
+    assert ("| 0.20 ± 0.00 | -0.15 [" in md and "| 0.80 ± 0.00 |  | 0.500 ± 0.000 | 0.80× | 110 / 100 (+10 / +0) |"
+            in md)
+    assert "| dks | 3 | case1 | 0.90 ± 0.00 (n=2) | -0.60 [" in md
+    assert "| case1 0.60 ± 0.00; case2 0.70 ± 0.00 |  |  |" in md
+    assert "| hal | 3 | baseline | 1.50 ± 0.71 (n=2) |  | case1 0.45 ± 0.07; case2 0.55" in md
     assert "fair yardstick for the oracle protocol" in md and "same test-time hint" in md
     assert "paper Δ" not in header
     with open(methods_sweep / "table.csv", newline="") as f:
@@ -68,8 +76,12 @@ def test_plain_hal_sweeps_keep_the_paper_table(tmp_path):
     write_run(sweep, "c", dataset="mnist", case="case1", method="hal", position=3, seed=0, test_error=0.5)
     assert main([str(sweep)]) == 0
     md = (sweep / "table.md").read_text()
-    assert md.startswith("| dataset | depth | case | test error % (mean ± std, n seeds) | Δ vs baseline | paper |")
-    assert "fair Δ" not in md and "| mnist | 10 | case1 | 0.50 (n=1) | -0.50 | 0.43 ± 0.03 | -0.50 |" in md
+    assert md.startswith("| dataset | depth | case | test error % (mean ± std, n seeds) | Δ vs baseline [95 % CI] "
+                         "verdict | paper | paper Δ | masked % | fair Δ [95 % CI] verdict |")
+    # The Table 2 layout has the fair yardstick too; one seed on each side: no interval and no p.
+    assert ("| mnist | 10 | case1 | 0.50 (n=1) | -0.50 no evidence (no p) | 0.43 ± 0.03 | -0.50 |  "
+            "| +0.10 no evidence (no p) |")  # 0.5 − the baseline's masked case1 0.4 in md
+    assert "| mnist | 10 | baseline | 1.00 (n=1) |  | 0.93 |  | case1 0.40; case2 0.50; case3 0.60; case4 0.70 |" in md
 
 
 def _probe_history(offset: float, epochs: int = 3) -> dict:
