@@ -23,6 +23,10 @@ from src.runs import DEFAULT_POSITION, Group, ReportError, Run, group_runs, load
 
 # Written by the test protocols when present (%), shown as mean ± std beside test_error.
 OPTIONAL_COLUMNS = ["test_error_inferred", "test_error_shuffled", "superclass_acc", "within_superclass_mistakes"]
+# The field's mistake metrics and CRM (docs/hierarchy.md), shown where runs have them: (field, header, digits).
+MISTAKE_COLUMNS = [("test_error_crm", "CRM %", 2), ("mistake_severity", "mistake severity", 3),
+                   ("hierarchical_distance.1", "HD@1", 3), ("hierarchical_distance.5", "HD@5", 3),
+                   ("hierarchical_distance.20", "HD@20", 3), ("ece", "ECE", 3)]
 EXPECTED_SEEDS = 5
 # Record fields that describe a run rather than measure it: not averaged into the CSV.
 NOT_MEASURES = {"seed", "depth", "epochs", "position", "test_error"}
@@ -183,6 +187,7 @@ def _method_cells(r: dict) -> list[str]:
 def markdown(rows: list[dict], runs: list[Run], methods: bool = False) -> str:
     """The table; ``methods``: the columns that compare methods (``METHOD_NOTES``) instead of the paper's."""
     optional = [c for c in OPTIONAL_COLUMNS if f"{c}_mean" in (rows[0] if rows else {})]
+    mistakes = [c for c in MISTAKE_COLUMNS if any(not math.isnan(r.get(f"{c[0]}_mean", math.nan)) for r in rows)]
     show_settings = len({r["settings"] for r in rows}) > 1
     error = "test error % (mean ± std, n seeds)"
     if methods:
@@ -191,6 +196,7 @@ def markdown(rows: list[dict], runs: list[Run], methods: bool = False) -> str:
                    "hierarchy_rf", "img/s vs baseline", "params train / inference (vs baseline)"]
     else:
         columns = ["case", error, "Δ vs baseline", "paper", "paper Δ"] + [f"{c} %" for c in optional]
+    columns += [header for _, header, _ in mistakes]
     header = ["dataset", "depth"] + (["settings"] if show_settings else []) + columns + ["epochs", "flags"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -203,6 +209,7 @@ def markdown(rows: list[dict], runs: list[Run], methods: bool = False) -> str:
                      _fmt(r["paper_test_error"], r["paper_test_error_std"]) if r["paper_test_error"] is not None
                      else "", _signed(r["paper_delta_vs_baseline"])] + \
                 [_fmt(r[f"{c}_mean"], r[f"{c}_std"]) for c in optional]
+        cells += [_cell(r, name, digits) for name, _, digits in mistakes]
         cells = [r["dataset"], str(r["depth"])] + ([r["settings"] or "(none)"] if show_settings else []) + cells
         lines.append("| " + " | ".join(cells + [r["epochs"], r["flags"]]) + " |")
     note = recipe_note(runs)
@@ -218,6 +225,10 @@ def markdown(rows: list[dict], runs: list[Run], methods: bool = False) -> str:
         f"Flags: n<{EXPECTED_SEEDS} (fewer seeds than the paper), failed and unfinished runs "
         "(not counted in the means).",
     ]
+    if mistakes:
+        notes += ["", f"{', '.join(h for _, h, _ in mistakes)}: scored on each run's `hierarchy_name` tree with the "
+                  "metrics protocol (docs/hierarchy.md): CRM = the class of least expected tree distance under the "
+                  "softmax (no hint); severity and HD@k in LCA heights (lower = better mistakes); ECE a fraction."]
     if methods:
         notes += [""] + [f"- {n}" for n in METHOD_NOTES]
     problems = [r for r in runs if not r.finished]
