@@ -229,5 +229,5 @@ class DiscoveryInputs(pl.Callback):
             superclasses=np.array(self.superclasses if self.superclasses is not None else [], dtype=np.int64),
             dataset=np.array(self.dataset), case=np.array(self.case), protocol=np.array(protocol),
             case_names=np.array(list(self.cases), dtype=str),
-            case_tables=np.array(list(self.cases.values()), dtype=np.int64).reshape(len(self.cases), -1)),
+            case_tables=np.array(list(self.cases.values()), dtype=np.int64).reshape(len(self.cases), k)),
             binary=True)
