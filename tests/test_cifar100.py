@@ -72,3 +72,25 @@ def test_train_on_cifar100_coarse_scores_the_whole_tree(run_train, tmp_path):
     assert set(record["level_acc"]) == {"class", "coarse", "level3", "level2", "level1"}
     assert set(record["hierarchical_distance"]) == set(record["hierarchical_distance_crm"]) == {"1", "5", "20"}
     assert 1 <= record["mistake_severity"] <= 5 and 0 <= record["ece"] <= 1
+
+
+@pytest.mark.parametrize("preset, key, values", [
+    ("table2_cifar100", "case", "baseline,coarse,level3,level2,level1"),
+    ("methods_cifar100", "arm", "baseline,dks,hal_coarse,hal_level3,hal_level2,hal_level1,hal_dks_coarse,"
+                                "heads_coarse,hal_heads_coarse,proxydr")])
+def test_cifar100_presets_use_the_cifar10_recipe(preset, key, values):
+    from hydra import compose, initialize_config_dir
+
+    from helpers import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        cifar10 = compose(config_name="config", overrides=[f"experiment={preset.replace('100', '10')}"])
+    assert cfg.dataset.name == "cifar100" and cfg.depth == cifar10.depth == 28
+    assert cfg.trainer.max_epochs == cifar10.trainer.max_epochs and cfg.dataset.val_size == 0
+    assert cfg.optimizer == cifar10.optimizer
+    assert cfg.hydra.sweeper.params[key] == values and cfg.hydra.sweep.dir == f"outputs/sweeps/{preset}"
+    for arm in values.split(","):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            composed = compose(config_name="config", overrides=["dataset=cifar100", f"{key}={arm}"])
+        assert composed.case.name in ("baseline", "coarse", "level3", "level2", "level1")

@@ -82,3 +82,15 @@ def test_every_run_records_the_mistake_and_crm_fields(run_train):
     for key in ("ece", "test_error_crm", "mistake_severity_crm"):
         assert isinstance(record[key], float)
     assert set(record["hierarchical_distance_crm"]) == {"1", "5"}
+
+
+def test_proxydr_metrics_use_the_heads_own_distance(run_train, tmp_path):
+    from src.hierarchy import hierarchy_mean_corr, hierarchy_rf
+
+    record = run_train("method=proxydr", "case=baseline", "trainer.fast_dev_run=true")  # arccos head (config)
+    with np.load(tmp_path / "run" / "hierarchy.npz") as f:
+        vectors = f["class_vectors"]
+    case1 = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert record["hierarchy_name"] == "case1" and record["eval_hierarchy"] == case1
+    assert record["hierarchy_rf"] == hierarchy_rf(vectors, case1, "arccos")
+    assert record["hierarchy_mean_corr"] == pytest.approx(hierarchy_mean_corr(vectors, case1, "arccos"), abs=1e-12)
