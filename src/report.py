@@ -196,7 +196,9 @@ def markdown(rows: list[dict], runs: list[Run], methods: bool = False) -> str:
                    "hierarchy_rf", "img/s vs baseline", "params train / inference (vs baseline)"]
     else:
         columns = ["case", error, "Δ vs baseline", "paper", "paper Δ"] + [f"{c} %" for c in optional]
-    columns += [header for _, header, _ in mistakes]
+    # beside the protocols: after fair Δ in the methods table, at the end of the paper's
+    at = columns.index("fair Δ") + 1 if methods else len(columns)
+    columns[at:at] = [header for _, header, _ in mistakes]
     header = ["dataset", "depth"] + (["settings"] if show_settings else []) + columns + ["epochs", "flags"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -209,7 +211,7 @@ def markdown(rows: list[dict], runs: list[Run], methods: bool = False) -> str:
                      _fmt(r["paper_test_error"], r["paper_test_error_std"]) if r["paper_test_error"] is not None
                      else "", _signed(r["paper_delta_vs_baseline"])] + \
                 [_fmt(r[f"{c}_mean"], r[f"{c}_std"]) for c in optional]
-        cells += [_cell(r, name, digits) for name, _, digits in mistakes]
+        cells[at:at] = [_cell(r, name, digits) for name, _, digits in mistakes]
         cells = [r["dataset"], str(r["depth"])] + ([r["settings"] or "(none)"] if show_settings else []) + cells
         lines.append("| " + " | ".join(cells + [r["epochs"], r["flags"]]) + " |")
     note = recipe_note(runs)

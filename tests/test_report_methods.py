@@ -122,3 +122,8 @@ def test_the_tables_show_the_mistake_metrics_and_crm(tmp_path):
     with open(sweep / "table.csv", newline="") as f:
         row = next(csv.DictReader(f))
     assert float(row["level_acc.coarse_mean"]) == 80.0
+    write_run(sweep, "dks0", dataset="cifar100", case="baseline", method="dks", seed=0, test_error=31.0,
+              test_error_crm=35.0)
+    assert main([str(sweep)]) == 0
+    header = (sweep / "table.md").read_text().splitlines()[0]  # the methods table: CRM beside the protocols
+    assert "| inferred % | masked % | fair Δ | CRM % | mistake severity | HD@1 |" in header
