@@ -2,8 +2,8 @@
 
 - ``PerEpochTestLoss``: test loss/error per epoch for the paper's loss figures, logged as ``curve/*``.
 - ``AuxiliaryScores``: ``aux_scores.npz``, the auxiliary score of every training image (Figs 3/5/7).
-- ``TestProtocols``: the test confusions of every protocol (``src.evaluation``), the hierarchy metrics of
-  ``metrics.json`` and ``confusion.png``.
+- ``TestProtocols``: the test confusions of every protocol (``src.evaluation``), the hierarchy and mistake
+  metrics of ``metrics.json`` (``src.hierarchy``, ``src.mistakes``) and ``confusion.png``.
 - ``DiscoveryInputs``: ``hierarchy.npz``, the validation confusion and the class vectors that
   ``python -m src.discover`` clusters.
 
@@ -12,7 +12,7 @@ training or model selection. A callback's ``record`` (a dict) is added to the ru
 """
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -22,8 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from src.data.pipeline import normalize
+from src.data.superclasses import Case
 from src.evaluation import PROTOCOLS, confusion_figure, error, evaluation_record, masked_scores, protocol_scores
+from src.mistakes import mistake_record
 from src.records import write_atomic
+from src.tree import ClassTree
 
 
 @contextlib.contextmanager
@@ -133,15 +136,19 @@ class TestProtocols(pl.Callback):
     """After the test pass: one confusion matrix per protocol over the test split, the evaluation fields of
     ``metrics.json`` (``self.record``), their ``test/*`` logs, and ``confusion.png`` (also in TensorBoard).
 
-    ``hierarchy`` is the class -> superclass table of the superclass metrics (None: none). The shuffled
-    protocol's wrong superclasses are drawn per batch from ``shuffle_seed``: they do not depend on the run
-    seed or the device.
+    ``case`` is the run's case (None: the baseline); its table feeds the inferred protocol and, else the finest
+    level of ``hierarchy``, the superclass metrics. ``hierarchy`` is the tree every run is scored against
+    (``eval.hierarchy``): the mistake metrics of ``src.mistakes`` on the ``metrics_protocol`` scores, and the
+    ProxyDR metrics of the class vectors. The shuffled protocol's wrong superclasses are drawn per batch from
+    ``shuffle_seed``: they do not depend on the run seed or the device.
     """
 
-    def __init__(self, run_dir: Path, hierarchy: Optional[Sequence[int]], class_names: Sequence[str],
-                 inferred_rule: str = "softmax", metrics_protocol: str = "inferred", shuffle_seed: int = 0,
-                 masked: Optional[dict[str, Sequence[int]]] = None) -> None:
-        self.run_dir, self.hierarchy, self.class_names = Path(run_dir), hierarchy, list(class_names)
+    def __init__(self, run_dir: Path, case: Optional[Case], hierarchy: Optional[ClassTree],
+                 class_names: Sequence[str], inferred_rule: str = "softmax", metrics_protocol: str = "inferred",
+                 shuffle_seed: int = 0, masked: Optional[dict[str, Sequence[int]]] = None) -> None:
+        self.run_dir, self.case, self.hierarchy, self.class_names = Path(run_dir), case, hierarchy, list(class_names)
+        self.table = case.table if case is not None else (
+            hierarchy.table(hierarchy.level_names[0]) if hierarchy is not None else None)
         self.masked = dict(masked or {})  # name (a case) -> the table whose true superclass masks the logits
         self.inferred_rule, self.metrics_protocol, self.shuffle_seed = inferred_rule, metrics_protocol, shuffle_seed
         self.record: dict = {}
@@ -149,22 +156,30 @@ class TestProtocols(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         k = len(self.class_names)
         confusions: dict[str, torch.Tensor] = {}
+        scored, labels = [], []  # the metrics protocol's scores, for the mistake metrics
+        fed = self.case.table if self.case is not None else None
         for batch_idx, (images, superclass, label) in enumerate(eval_batches(trainer, pl_module, "test")):
             generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + batch_idx)
             h, extras = pl_module.features(images)
-            scores = protocol_scores(pl_module.net, h, extras, superclass, self.hierarchy, self.inferred_rule,
-                                     generator)
+            scores = protocol_scores(pl_module.net, h, extras, superclass, fed, self.inferred_rule, generator)
             # The oracle logits (the plain logits without a block), masked to the true superclass of each case.
             scores.update({f"masked/{name}": masked_scores(scores["oracle"], label, table)
                            for name, table in self.masked.items()})
             for protocol, score in scores.items():
                 counts = confusion_counts(score.argmax(1), label, k)
                 confusions[protocol] = confusions[protocol] + counts if protocol in confusions else counts
+            if self.metrics_protocol in scores:
+                scored.append(scores[self.metrics_protocol].float().cpu())
+                labels.append(label.cpu())
         matrices = {p: confusions[p].numpy() if p in confusions else None for p in PROTOCOLS}
         vectors = pl_module.net.class_vectors().detach().float().cpu().numpy()
-        self.record = evaluation_record(matrices, self.hierarchy, self.metrics_protocol, vectors)
+        # The learned distances in the model's own metric: arccos for an arccos proxy head (ProxyDR's code).
+        distance = getattr(pl_module.method, "distance", "euc")
+        self.record = evaluation_record(matrices, self.table, self.metrics_protocol, vectors, self.hierarchy, distance)
         self.record["test_error_masked"] = {name: error(confusions[f"masked/{name}"].numpy()) for name in self.masked}
-        self.record.update(eval_hierarchy=self.hierarchy, inferred_rule=self.inferred_rule)
+        self.record.update(eval_hierarchy=self.table, inferred_rule=self.inferred_rule)
+        if scored:
+            self.record.update(mistake_record(torch.cat(scored), torch.cat(labels), self.hierarchy))
         for key, value in self.record.items():
             if isinstance(value, float):
                 pl_module.log(f"test/{key.removeprefix('test_')}", value)
@@ -172,7 +187,7 @@ class TestProtocols(pl.Callback):
             pl_module.log(f"test/error_masked_{name}", value)
         protocol = self.metrics_protocol
         if matrices[protocol] is not None:
-            figure = confusion_figure(matrices[protocol], self.hierarchy, self.class_names,
+            figure = confusion_figure(matrices[protocol], self.table, self.class_names,
                                       f"test, {protocol} protocol: error {self.record[f'test_error_{protocol}']:.2f} %")
             if trainer.is_global_zero:  # every rank computes it (the whole test set); one writes it
                 figure.savefig(self.run_dir / "confusion.png", dpi=120)
@@ -189,10 +204,12 @@ class DiscoveryInputs(pl.Callback):
     into the confusion matrix that is meant to find new ones. Without validation data the confusions are zero.
     """
 
-    def __init__(self, path: Path, dataset: str, case: str, superclasses: Optional[Sequence[int]],
-                 class_names: Sequence[str], inferred_rule: str = "softmax") -> None:
-        self.path, self.dataset, self.case = Path(path), dataset, case
-        self.superclasses, self.class_names, self.inferred_rule = superclasses, list(class_names), inferred_rule
+    def __init__(self, path: Path, dataset: str, case: Optional[Case], class_names: Sequence[str],
+                 inferred_rule: str = "softmax", cases: Optional[Mapping[str, Case]] = None) -> None:
+        self.path, self.dataset, self.case = Path(path), dataset, "baseline" if case is None else case.name
+        self.superclasses = None if case is None else case.table
+        self.class_names, self.inferred_rule = list(class_names), inferred_rule
+        self.cases = {name: c.table for name, c in (cases or {}).items()}  # the named cases discovery compares with
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         k = len(self.class_names)
@@ -210,4 +227,7 @@ class DiscoveryInputs(pl.Callback):
             class_vectors=pl_module.net.class_vectors().detach().float().cpu().numpy(),
             class_names=np.array([str(c) for c in self.class_names]),
             superclasses=np.array(self.superclasses if self.superclasses is not None else [], dtype=np.int64),
-            dataset=np.array(self.dataset), case=np.array(self.case), protocol=np.array(protocol)), binary=True)
+            dataset=np.array(self.dataset), case=np.array(self.case), protocol=np.array(protocol),
+            case_names=np.array(list(self.cases), dtype=str),
+            case_tables=np.array(list(self.cases.values()), dtype=np.int64).reshape(len(self.cases), k)),
+            binary=True)

@@ -59,6 +59,11 @@ def load_discovery_inputs(run_dir: Path) -> dict:
             data[key] = str(data[key])
         data["class_names"] = [str(c) for c in data["class_names"]]
         data["superclasses"] = data["superclasses"].tolist() or None
+        if "case_names" in data:
+            data["cases"] = dict(zip((str(c) for c in data["case_names"]), data["case_tables"].tolist()))
+        else:  # written before the file listed its cases: the paper's, where the dataset has them
+            data["cases"] = {c: superclass_table(data["dataset"], c) for c in CASES} \
+                if data["dataset"] in PAPER_CASES else {}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         # A truncated or overwritten file (np.load: BadZipFile, EOFError, ValueError, "Failed to interpret")
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -104,12 +109,11 @@ def cluster(distances: np.ndarray, k: int, method: str = "average") -> list[int]
     return canonical(cut_tree(tree, n_clusters=k).ravel())
 
 
-def agreement(table: Sequence[int], dataset: str, own: Optional[Sequence[int]] = None,
+def agreement(table: Sequence[int], cases: dict[str, Sequence[int]], own: Optional[Sequence[int]] = None,
               own_case: str = "") -> dict[str, float]:
-    """Adjusted Rand index of ``table`` with every Table 1 case of ``dataset`` (and a custom run's own)."""
-    out = {}
-    if dataset in PAPER_CASES:
-        out = {case: float(adjusted_rand_score(superclass_table(dataset, case), table)) for case in CASES}
+    """Adjusted Rand index of ``table`` with every named case of the run's dataset, ``cases`` {name: table} (the
+    run's ``hierarchy.npz`` lists them), and a custom run's own."""
+    out = {case: float(adjusted_rand_score(t, table)) for case, t in cases.items()}
     if own is not None and own_case not in out:
         out[own_case or "run"] = float(adjusted_rand_score(own, table))
     return out
@@ -181,7 +185,7 @@ def discover(run_dir: Path, k: int, methods: Optional[Sequence[str]] = None, con
         table = cluster(distances[name](), k, method)
         source = (f"{confusion} validation confusion ({val_images} images, {data['protocol']} protocol)"
                   if name == "confusion" else "class vectors (rows of the final linear layer, cosine)")
-        ari = agreement(table, data["dataset"], data["superclasses"], data["case"])
+        ari = agreement(table, data["cases"], data["superclasses"], data["case"])
         path = out_dir / f"{name}_k{k}.yaml"
         command = train_command(run_dir, data["dataset"], path)
         write_mapping(path, table, data["class_names"], [

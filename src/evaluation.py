@@ -10,11 +10,11 @@ Protocols, i.e. what is fed as x* at test time:
 - ``masked`` (``masked_scores``): any network's logits restricted to the classes of the true superclass,
   the same hint given to a network without the block (per Table 1 case for the baseline).
 
-Every hierarchy metric is a function of a confusion matrix ``C[true, predicted]`` and a class ->
-superclass table ``t``. Plain torch / numpy / scipy, no Lightning: the module calls these in its test
+The superclass metrics are functions of a confusion matrix ``C[true, predicted]`` and a class ->
+superclass table ``t``; the ProxyDR metrics (``src.hierarchy``) and the mistake metrics (``src.mistakes``) take a
+class tree (``src.tree``). Plain torch / numpy / scipy, no Lightning: the module calls these in its test
 hooks, the tests call them directly.
 """
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
@@ -22,15 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 from scipy.stats import spearmanr
 
-from src.data.superclasses import superclass_table
-from src.paper import CASES, PAPER_CASES
+from src.data.superclasses import Case
 from src.errors import UserError
 from src.hierarchy import hierarchy_mean_corr, hierarchy_rf
+from src.tree import ClassTree, as_tree
 
-log = logging.getLogger(__name__)
 
 PROTOCOLS = ("oracle", "inferred", "shuffled")
 INFERRED_RULES = ("softmax", "logit")
@@ -40,24 +39,14 @@ class EvaluationConfigError(UserError, ValueError):
     """A bad ``eval.*`` option."""
 
 
-def evaluation_options(options: Mapping, table: Optional[Sequence[int]], dataset: str) -> dict:
-    """Check the ``eval`` config block; return the evaluation keyword arguments of ``HALModule``.
-
-    ``hierarchy`` is the table the superclass metrics use: the run's own superclasses for HAL, and
-    the Table 1 case named by ``eval.hierarchy`` for the baseline (None: no superclass metrics).
-    """
+def evaluation_options(options: Mapping) -> dict:
+    """Check the ``eval`` config block; return the evaluation keyword arguments of ``TestProtocols``
+    (``eval.hierarchy`` is resolved with the case, in ``build()``: ``src.data.superclasses.evaluation_tree``)."""
     for key, choices in (("inferred_rule", INFERRED_RULES), ("metrics_protocol", PROTOCOLS)):
         if options[key] not in choices:
             raise EvaluationConfigError(f"eval.{key}={options[key]} is not one of {list(choices)}")
-    hierarchy = table
-    if table is None and options["hierarchy"] is not None:
-        if dataset in PAPER_CASES:
-            hierarchy = superclass_table(dataset, options["hierarchy"])
-        else:
-            log.warning("eval.hierarchy=%s: the paper has no superclasses for %s; superclass metrics are skipped",
-                        options["hierarchy"], dataset)
-    return {"hierarchy": None if hierarchy is None else list(hierarchy), "inferred_rule": options["inferred_rule"],
-            "metrics_protocol": options["metrics_protocol"], "shuffle_seed": int(options["shuffle_seed"])}
+    return {"inferred_rule": options["inferred_rule"], "metrics_protocol": options["metrics_protocol"],
+            "shuffle_seed": int(options["shuffle_seed"])}
 
 
 # --- protocols -------------------------------------------------------------------------------------
@@ -135,14 +124,14 @@ def masked_scores(logits: torch.Tensor, label: torch.Tensor, table: Sequence[int
     return logits.float().masked_fill(~same, float("-inf"))
 
 
-def masked_tables(dataset: str, case: str, table: Optional[Sequence[int]], auxiliary: bool) -> dict[str, list[int]]:
+def masked_tables(case: Optional[Case], cases: Mapping[str, Case], auxiliary: bool) -> dict[str, list[int]]:
     """The superclass tables of the ``masked`` protocol: a run with the block, its own (the same hint as its
-    oracle); any other run, every Table 1 case of its dataset and its own case or ``eval.hierarchy``."""
+    oracle); any other run, every named case of its dataset and its own case."""
     if auxiliary:
-        return {case: list(table)}
-    tables = {c: superclass_table(dataset, c) for c in CASES} if dataset in PAPER_CASES else {}
-    if table is not None:
-        tables.setdefault(case, list(table))
+        return {case.name: case.table}
+    tables = {name: c.table for name, c in cases.items()}
+    if case is not None:
+        tables.setdefault(case.name, case.table)
     return tables
 
 
@@ -179,27 +168,25 @@ def hierarchy_metrics(confusion: Optional[np.ndarray], table: Optional[Sequence[
     return out
 
 
-def tree_distances(table: Sequence[int]) -> np.ndarray:
-    """Condensed path lengths between classes in the two-level tree root -> superclass -> class."""
-    t = np.asarray(table)
-    i, j = np.triu_indices(len(t), k=1)
-    return np.where(t[i] == t[j], 2.0, 4.0)
+def tree_distances(tree) -> np.ndarray:
+    """Condensed path lengths between classes (``ClassTree.path_lengths``; a table is a two-level tree)."""
+    return squareform(as_tree(tree).path_lengths, checks=False)
 
 
-def hierarchy_spearman(class_vectors: np.ndarray, table: Optional[Sequence[int]]) -> Optional[float]:
-    """Spearman correlation of class-representative distances with the superclass tree distance.
+def hierarchy_spearman(class_vectors: np.ndarray, tree) -> Optional[float]:
+    """Spearman correlation over all pairs of classes of representative and tree distances (ProxyDR's
+    "elementwise correlation", ``corr_from_DMs(..., classwise=False)``).
 
-    Class representatives are the rows of the final linear layer (ProxyDR); their distance is the cosine
-    distance, i.e. the Euclidean distance of the normalised rows up to a monotone map, which Spearman
-    ignores. None without a hierarchy or when the tree distance is constant (one superclass, or one
-    class per superclass).
+    Class representatives are the rows of the final linear layer or the proxies; their cosine distance is a
+    monotone map of both the Euclidean distance of the normalised rows and their angle, which Spearman ignores.
+    None without a tree or when the tree distance is constant (one superclass, or one class per superclass).
     """
-    if table is None:
+    if tree is None:
         return None
-    tree = tree_distances(table)
-    if np.ptp(tree) == 0:
+    d_t = tree_distances(tree)
+    if np.ptp(d_t) == 0:
         return None
-    rho = spearmanr(pdist(np.asarray(class_vectors, dtype=np.float64), "cosine"), tree).statistic
+    rho = spearmanr(pdist(np.asarray(class_vectors, dtype=np.float64), "cosine"), d_t).statistic
     return float(rho) if np.isfinite(rho) else None
 
 
@@ -208,13 +195,19 @@ def evaluation_record(
     table: Optional[Sequence[int]],
     metrics_protocol: str,
     class_vectors: np.ndarray,
+    tree: Optional[ClassTree] = None,
+    distance: str = "euc",
 ) -> dict:
-    """The evaluation fields of ``metrics.json`` from one test confusion matrix per protocol (None: not run)."""
+    """The evaluation fields of ``metrics.json`` from one test confusion matrix per protocol (None: not run).
+
+    ``table`` is the class -> superclass table of the superclass metrics; ``tree`` the tree of the ProxyDR
+    metrics (``src.hierarchy``), whose learned distances are in the model's own metric ``distance``.
+    """
     record = {f"test_error_{p}": None if confusions.get(p) is None else error(confusions[p]) for p in PROTOCOLS}
     record.update(hierarchy_metrics(confusions.get(metrics_protocol), table))
-    record["hierarchy_spearman"] = hierarchy_spearman(class_vectors, table)
-    record["hierarchy_mean_corr"] = hierarchy_mean_corr(class_vectors, table)
-    record["hierarchy_rf"] = hierarchy_rf(class_vectors, table)
+    record["hierarchy_spearman"] = hierarchy_spearman(class_vectors, tree)
+    record["hierarchy_mean_corr"] = hierarchy_mean_corr(class_vectors, tree, distance)
+    record["hierarchy_rf"] = hierarchy_rf(class_vectors, tree, distance)
     return record
 
 

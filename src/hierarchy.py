@@ -1,31 +1,35 @@
-"""ProxyDR's hierarchy-inspection metrics (Kim et al.; seeds/002; GitHub hjk92g/ProxyDR ``eval_cifar100.py``):
-do the class representatives (classifier rows or proxies, (K, l)) arrange themselves like the class tree?
+"""ProxyDR's hierarchy-inspection metrics (Kim et al.; seeds/002), as its official ``eval_cifar100.py`` (GitHub
+hjk92g/ProxyDR) computes them: do the class representatives (classifier rows or proxies, (K, l)) arrange
+themselves like the class tree?
 
-The tree here has two levels, root → superclass → class, given as a table t[class] = superclass. Its
-distance is the path length through the lowest common ancestor (the code's ``calc_dist``)::
+- Tree distance d_T(a, b): the number of edges on the path between a and b (the code's ``calc_dist``), 2·h(a, b)
+  with h the LCA height of ``src.tree``.
+- Learned distance d(a, b) between the normalised representatives ŵ = w/‖w‖, in the model's own metric (the
+  code's ``--distance``): ``euc``, ‖ŵ_a − ŵ_b‖ = √(2 − 2 ŵ_a·ŵ_b), or ``arccos``, arccos(ŵ_a·ŵ_b).
+- ``hierarchy_mean_corr``: the code's ``corr_from_DMs(d, d_T, classwise=True)``, Spearman correlations of whole
+  columns (each class's zero distance to itself included), averaged through the Fisher z-transform.
+- ``hierarchy_rf``: the code's ``tmp_upgma_tree.compare(True_upgma_tree, unrooted=True)["norm_rf"]``, both trees
+  built by Biopython's ``DistanceTreeConstructor.upgma``, which merges by WPGMA (``wpgma_clusters``).
 
-    d_T(a, b) = 0 (a = b),  2 (t[a] = t[b]),  4 (otherwise)
-
-Representatives are compared by the distance ProxyDR's evaluation uses: normalise, ŵ = w/‖w‖, then the
-chordal distance d(a, b) = ‖ŵ_a − ŵ_b‖ = √(2 − 2 ŵ_a·ŵ_b) (``euc``, the code's default), or the angle
-arccos(ŵ_a·ŵ_b) (``arccos``). The two are monotone in each other, so the mean correlation is the same for both.
+The two distances are monotone in each other, so the mean correlation is the same for both; the WPGMA tree,
+which averages distances, is not. Ties in d_T (every tree has them) are broken by class order, as Biopython does:
+the reference tree is one binary resolution of the class tree, and which one depends on the order of the classes
+(docs/hierarchy.md).
 """
-from typing import Optional, Sequence
+from typing import Optional, Union
 
 import numpy as np
-from scipy.cluster.hierarchy import linkage
-from scipy.spatial.distance import squareform
 from scipy.stats import spearmanr
 
-Table = Optional[Sequence[int]]
+from src.tree import ClassTree, as_tree
+
+Tree = Optional[Union[ClassTree, list, tuple]]  # a ClassTree, or a class -> superclass table (a two-level tree)
 
 
-def tree_distance_matrix(table: Sequence[int]) -> np.ndarray:
-    """d_T (K, K): 0 on the diagonal, 2 within a superclass, 4 across."""
-    t = np.asarray(table)
-    d = np.where(t[:, None] == t[None, :], 2.0, 4.0)
-    np.fill_diagonal(d, 0.0)
-    return d
+def tree_distance_matrix(tree: Tree) -> np.ndarray:
+    """d_T (K, K): edges on the path between two classes (0 on the diagonal, 2 within a superclass of a two-level
+    tree, 4 across)."""
+    return as_tree(tree).path_lengths
 
 
 def representative_distances(class_vectors: np.ndarray, distance: str = "euc") -> np.ndarray:
@@ -38,80 +42,76 @@ def representative_distances(class_vectors: np.ndarray, distance: str = "euc") -
     return d
 
 
-def hierarchy_mean_corr(class_vectors: np.ndarray, table: Table, distance: str = "euc",
-                        include_self: bool = False) -> Optional[float]:
-    """Mean per-class Spearman correlation between representative and tree distances, Fisher-averaged::
+def hierarchy_mean_corr(class_vectors: np.ndarray, tree: Tree, distance: str = "euc") -> Optional[float]:
+    """Fisher-averaged per-class Spearman correlation of whole columns (``corr_from_DMs``, ``fisher_corr``)::
 
-        ρ_i = Spearman( (d(i, j))_{j≠i}, (d_T(i, j))_{j≠i} )
-        mean_corr = tanh( mean_i atanh(clip(ρ_i, −1+1e-12, 1−1e-12)) )
+        ρ_i = Spearman( (d(j, i))_j, (d_T(j, i))_j ),  j over all K classes, i itself included
+        mean_corr = tanh( nanmean_i atanh(ρ_i) )
 
-    Classes whose ρ_i is undefined (constant tree or representative distances) are left out of the mean,
-    as the code's ``nanmean``; None when no class has one (no table, or every class's tree distances are
-    constant: one superclass, or one class per superclass). The code's ``corr_from_DMs`` correlates whole
-    columns, the class's zero distance to itself included; ``include_self=True`` does that.
+    As in the code, atanh(±1) is ±∞ (tanh(∞) = 1) and a column with constant distances has no ρ_i (NaN, left
+    out by ``nanmean``). None without a tree, with fewer than 3 classes, or when no class has a ρ_i.
     """
-    if table is None or len(table) < 3:
+    tree = as_tree(tree)
+    if tree is None or tree.num_classes < 3:
         return None
-    d, d_t = representative_distances(class_vectors, distance), tree_distance_matrix(table)
-    z = []
-    for i in range(len(d)):
-        keep = np.ones(len(d), dtype=bool) if include_self else np.arange(len(d)) != i
-        if np.ptp(d_t[i, keep]) == 0 or np.ptp(d[i, keep]) == 0:
-            continue
-        rho = spearmanr(d[i, keep], d_t[i, keep]).statistic
-        z.append(np.arctanh(np.clip(rho, -1 + 1e-12, 1 - 1e-12)))
-    return float(np.tanh(np.mean(z))) if z else None
+    d, d_t = representative_distances(class_vectors, distance), tree_distance_matrix(tree)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = [spearmanr(d[:, i], d_t[:, i]).statistic if np.ptp(d[:, i]) and np.ptp(d_t[:, i]) else np.nan
+               for i in range(len(d))]
+        z = np.arctanh(np.asarray(rho, dtype=np.float64))
+        if np.all(np.isnan(z)):
+            return None
+        mean = float(np.tanh(np.nanmean(z)))
+    return mean if np.isfinite(mean) else None
+
+
+def wpgma_clusters(d: np.ndarray) -> list[frozenset]:
+    """The clusters of Biopython's ``DistanceTreeConstructor.upgma`` tree of d, merge by merge (a port).
+
+    Each step merges the closest pair; ties go to the last pair in the scan order of the lower triangle (row i,
+    then column j < i), since the code keeps a pair when ``min_dist >= d[i, j]``. The merged cluster takes the
+    smaller index and its distance to every other is the plain mean (d_ik + d_jk)/2: WPGMA, whatever the name.
+    """
+    d = np.array(d, dtype=np.float64)
+    clusters = [frozenset([i]) for i in range(len(d))]
+    merges = []
+    while len(clusters) > 1:
+        rows, cols = np.tril_indices(len(d), k=-1)  # row-major: the code's double loop
+        values = d[rows, cols]
+        last = np.flatnonzero(values == values.min())[-1]
+        i, j = int(rows[last]), int(cols[last])  # j < i
+        merged = clusters[i] | clusters[j]
+        merges.append(merged)
+        d[j, :] = d[:, j] = (d[i, :] + d[j, :]) / 2
+        d[j, j] = 0.0
+        d = np.delete(np.delete(d, i, axis=0), i, axis=1)
+        clusters[j] = merged
+        del clusters[i]
+    return merges
 
 
 def _splits(clusters: list[frozenset], k: int) -> set[frozenset]:
     """Non-trivial bipartitions of an unrooted tree from its rooted clusters: both sides ≥ 2 leaves, each named
     by the side without leaf 0 (so a cluster and its complement are one split)."""
     everything = frozenset(range(k))
-    out = set()
-    for c in clusters:
-        if 2 <= len(c) <= k - 2:
-            out.add(c if 0 not in c else everything - c)
-    return out
+    return {c if 0 not in c else everything - c for c in clusters if 2 <= len(c) <= k - 2}
 
 
-def upgma_clusters(d: np.ndarray, tol: float = 1e-9) -> list[frozenset]:
-    """Clusters of the UPGMA tree (scipy average linkage) of d, internal edges of zero length contracted:
-    a merge at the height of its parent's merge (within ``tol``·max d) is not a cluster of its own, so tied
-    distances give a multifurcation instead of an arbitrary binary resolution."""
-    k = len(d)
-    z = linkage(squareform(d, checks=False), method="average")
-    members = {i: frozenset([i]) for i in range(k)}
-    height = {i: 0.0 for i in range(k)}
-    parent_height = {}
-    for m, (a, b, h, _) in enumerate(z):
-        node = k + m
-        members[node] = members[int(a)] | members[int(b)]
-        height[node] = h
-        parent_height[int(a)] = parent_height[int(b)] = h
-    eps = tol * max(float(d.max()), 1.0)
-    return [members[n] for n in range(k, 2 * k - 1)
-            if n in parent_height and parent_height[n] - height[n] > eps]
-
-
-def hierarchy_rf(class_vectors: np.ndarray, table: Table, distance: str = "euc") -> Optional[float]:
-    """Normalised Robinson–Foulds distance between the UPGMA tree of the representative distances and the
-    superclass tree (root → superclasses → classes), both as unrooted trees (the code's
-    ``compare(..., unrooted=True)``)::
+def hierarchy_rf(class_vectors: np.ndarray, tree: Tree, distance: str = "euc") -> Optional[float]:
+    """Normalised Robinson–Foulds distance between the WPGMA trees of d and of d_T, both unrooted (ete3's
+    ``compare(..., unrooted=True)["norm_rf"]``)::
 
         S(T) = non-trivial splits of T (bipartitions of the classes with ≥ 2 on each side)
-        rf   = |S(T_rep) △ S(T_sup)| / (|S(T_rep)| + |S(T_sup)|)
+        rf   = |S(T_d) △ S(T_dT)| / (|S(T_d)| + |S(T_dT)|)
 
-    0: same topology; 1: no split in common. Zero-length UPGMA edges are contracted (``upgma_clusters``). A
-    binary UPGMA tree has K − 3 splits while the superclass tree has at most one per superclass, so even a
-    perfect arrangement with distinct distances scores above 0. None when undefined or uninformative: no
-    table, fewer than 4 classes, or a superclass tree without a split (no superclass with 2 ≤ size ≤ K − 2,
-    e.g. one superclass or one class per superclass), against which every learned split counts as wrong.
+    0: same topology; 1: no split in common. Both trees are binary (K − 3 splits each), the reference one
+    resolved by class order where d_T ties. None without a tree or with fewer than 4 classes (no split).
     """
-    if table is None or len(table) < 4:
+    tree = as_tree(tree)
+    if tree is None or tree.num_classes < 4:
         return None
-    k, t = len(table), np.asarray(table)
-    reference = _splits([frozenset(np.flatnonzero(t == s).tolist()) for s in np.unique(t)], k)
-    learned = _splits(upgma_clusters(representative_distances(class_vectors, distance)), k)
-    if not reference:
-        return None
-    return len(reference ^ learned) / (len(reference) + len(learned))
+    k = tree.num_classes
+    reference = _splits(wpgma_clusters(tree_distance_matrix(tree)), k)
+    learned = _splits(wpgma_clusters(representative_distances(class_vectors, distance)), k)
+    total = len(reference) + len(learned)
+    return len(reference ^ learned) / total if total else None

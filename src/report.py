@@ -181,6 +181,10 @@ def _notes(rows: list[dict], runs: list[Run], methods: bool, alpha: float) -> li
         f"Flags: n<{EXPECTED_SEEDS} (fewer seeds than the paper), failed and unfinished runs "
         "(not counted in the means), no interval (one seed or zero variance).",
     ]
+    if any(f"{c}_mean" in r for r in rows for c in ("test_error_crm", "mistake_severity")):
+        notes += ["", "CRM, mistake severity, HD@k, ECE: scored on each run's `hierarchy_name` tree with the metrics "
+                  "protocol (docs/hierarchy.md): CRM = the class of least expected tree distance under the softmax "
+                  "(no hint); severity and HD@k in LCA heights (lower = better mistakes); ECE a fraction."]
     if methods:
         notes += [""] + [f"- {n}" for n in METHOD_NOTES]
     evaluated = sum(r.evaluated for r in runs if r.finished)

@@ -30,6 +30,13 @@ class Column:
 COLUMNS = [
     Column("test_error_inferred", "inferred %"),
     Column("test_error_shuffled", "shuffled %"),
+    Column("test_error_crm", "CRM %"),  # the no-hint hierarchy baseline (docs/hierarchy.md)
+    # the field's mistake metrics (docs/hierarchy.md), on each run's `hierarchy_name` tree
+    Column("mistake_severity", "mistake severity", 3),
+    Column("hierarchical_distance@1", "HD@1", 3),
+    Column("hierarchical_distance@5", "HD@5", 3),
+    Column("hierarchical_distance@20", "HD@20", 3),
+    Column("ece", "ECE", 3),
     Column("superclass_acc", "superclass acc %"),
     Column("within_superclass_mistakes", "within-superclass mistakes %"),
     Column("hierarchy_mean_corr", "hierarchy_mean_corr", 3, table2=False),

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols, Throughput
 from src.config import check_config
-from src.data.superclasses import resolve_case
+from src.data.superclasses import dataset_cases, evaluation_tree, resolve_case
 from src.errors import ConfigError
 from src import launch
 from src.evaluation import evaluation_options, masked_tables
@@ -27,15 +27,21 @@ from src.resume import EpochHistory, RNGState, checkpoint_callback, finished_rec
 
 def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALModule, list[pl.Callback]]:
     """The datamodule (with the case's class -> superclass table), the module (network + method) and the
-    callbacks of a run writing to ``run_dir``. Seed first: the network's initialisation draws from it."""
+    callbacks of a run writing to ``run_dir``. Seed first: the network's initialisation draws from it.
+
+    The case and the tree of the hierarchy metrics are resolved here, once, and handed to those that use them."""
     datamodule = instantiate(cfg.dataset)
-    datamodule.superclasses = table = resolve_case(cfg.case, cfg.dataset.name, datamodule.class_names)
+    evaluation = evaluation_options(cfg.eval)
+    names = datamodule.class_names
+    cases = dataset_cases(cfg.dataset.name, names, datamodule.tree)
+    case = resolve_case(cfg.case, cases, names, cfg.dataset.name)
+    hierarchy = evaluation_tree(cfg.eval.hierarchy, cases, case, datamodule.tree)
+    datamodule.superclasses = None if case is None else case.table
     method = instantiate(cfg.method)
-    if method.needs_superclasses and table is None:
+    if method.needs_superclasses and case is None:
         raise ConfigError(f"method={method.name} needs superclasses, and case=baseline has none: "
-                          "choose case=case1..case4 or case=custom")
-    num_superclasses = max(table) + 1 if table is not None else 0
-    evaluation = evaluation_options(cfg.eval, table, cfg.dataset.name)
+                          "choose a case (case1..case4, coarse, level1..3) or case=custom")
+    num_superclasses = 0 if case is None else case.num_superclasses
     datamodule.setup()
     k, channels = datamodule.num_classes, datamodule.image_shape[0]
     net = instantiate(cfg.model, num_classes=k, in_channels=channels, position=method.position,
@@ -45,16 +51,17 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
                        lr_min=cfg.lr_min, channels_last=cfg.channels_last, compile=cfg.compile,
                        divergence_factor=cfg.divergence_factor)
     run_dir = Path(run_dir)
+    protocols = TestProtocols(run_dir, case, hierarchy, names, masked=masked_tables(case, cases, net.auxiliary is not None),
+                              **evaluation)
     callbacks = [EpochHistory(run_dir / "history.csv"), RNGState(), AuxiliaryScores(run_dir / "aux_scores.npz"),
                  Throughput(), pl.callbacks.LearningRateMonitor(logging_interval="epoch"),
-                 TestProtocols(run_dir, class_names=datamodule.class_names,
-                               masked=masked_tables(cfg.dataset.name, cfg.case.name, table, net.auxiliary is not None), **evaluation),
-                 DiscoveryInputs(run_dir / "hierarchy.npz", cfg.dataset.name, cfg.case.name, table,
-                                 datamodule.class_names, evaluation["inferred_rule"])]
+                 protocols,
+                 DiscoveryInputs(run_dir / "hierarchy.npz", cfg.dataset.name, case, names, evaluation["inferred_rule"],
+                                 cases)]
     if cfg.test_curve:
         callbacks.append(PerEpochTestLoss())
     if cfg.probe:
-        callbacks.append(StageProbes(hierarchy=evaluation["hierarchy"]))
+        callbacks.append(StageProbes(hierarchy=protocols.table))  # the superclass metrics' table
     if cfg.trainer.enable_checkpointing:  # Lightning refuses a ModelCheckpoint otherwise
         callbacks.append(checkpoint_callback(run_dir))
     if cfg.trainer.enable_progress_bar:

@@ -16,7 +16,7 @@ import torch
 from helpers import SHARED_MNIST, HandScore
 from src.data import CIFAR10DataModule, DigitsDataModule, MNISTDataModule, SVHNDataModule
 from src.data.datamodule import DataConfigError
-from src.data.superclasses import resolve_case
+from src.data.superclasses import dataset_cases, resolve_case
 from src.errors import DataMissingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_real_mnist_sizes_and_class_counts(mnist):
 def test_real_mnist_superclass_of_every_sample_matches_table1(mnist, case):
     dm = MNISTDataModule(val_size=0)
     dm.load = lambda: mnist
-    dm.superclasses = resolve_case({"name": case}, "mnist", dm.class_names)
+    dm.superclasses = resolve_case({"name": case}, dataset_cases("mnist", dm.class_names), dm.class_names).table
     dm.setup()
     for split, n in (("train", 60000), ("test", 10000)):
         _, superclass, label = dm.splits[split]
@@ -138,7 +138,7 @@ def test_cifar10_reads_the_official_pickles(tmp_path):
 
 
 def test_cifar10_case4_groups_the_named_classes():
-    table = resolve_case({"name": "case4"}, "cifar10", CIFAR10DataModule.class_names)
+    table = dataset_cases("cifar10", CIFAR10DataModule.class_names)["case4"].table
     assert {name: table[i] for i, name in enumerate(CIFAR10DataModule.class_names)} == CIFAR10_CASE4
 
 

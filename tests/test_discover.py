@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from helpers import FAST, compose_cfg
-from src.data.superclasses import resolve_case
+from src.data.superclasses import resolve_case, superclass_table
+from src.paper import CASES
 from src.discover import (
     DiscoveryError, agreement, canonical, cluster, confusion_distances, discover, load_discovery_inputs, main,
     train_command, vector_distances)
@@ -52,10 +53,10 @@ def test_canonical_numbering_and_bad_k():
 
 def test_agreement_with_table_1():
     case1 = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
-    ari = agreement(case1, "digits")
+    ari = agreement(case1, {c: superclass_table("digits", c) for c in CASES})
     assert list(ari) == ["case1", "case2", "case3", "case4"] and ari["case1"] == pytest.approx(1.0)
     assert ari["case2"] < 0.1
-    assert agreement([0, 1] * 5, "folder", own=[0, 1] * 5, own_case="custom") == {"custom": pytest.approx(1.0)}
+    assert agreement([0, 1] * 5, {}, own=[0, 1] * 5, own_case="custom") == {"custom": pytest.approx(1.0)}
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_discover_writes_mappings_that_train(hal_run, run_train, capsys):
         train_line = path.read_text().splitlines()[3]
         assert train_line.startswith("# train: python -m src.train dataset=digits case=custom")
         assert f"  train: {train_line.removeprefix('# train: ')}\n" in out
-        table = resolve_case({"name": "custom", "file": str(path)}, "digits", [str(d) for d in range(10)])
+        table = resolve_case({"name": "custom", "file": str(path)}, {}, [str(d) for d in range(10)]).table
         assert sorted(set(table)) == [0, 1, 2]
     assert out.count("adjusted Rand index: case1") == 2
     record = run_train("case=custom", f"case.file={path}", "trainer.fast_dev_run=true")

@@ -144,14 +144,11 @@ def test_single_superclass_has_no_shuffled_protocol():
 
 
 def test_evaluation_options():
-    base = {"inferred_rule": "softmax", "metrics_protocol": "inferred", "hierarchy": "case1", "shuffle_seed": 0}
-    assert evaluation_options(base, None, "digits")["hierarchy"] == [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
-    assert evaluation_options(base, [0, 1] * 5, "digits")["hierarchy"] == [0, 1] * 5  # HAL: its own superclasses
-    assert evaluation_options({**base, "hierarchy": None}, None, "digits")["hierarchy"] is None
-    assert evaluation_options(base, None, "folder")["hierarchy"] is None  # no Table 1 for that dataset
+    base = {"inferred_rule": "softmax", "metrics_protocol": "inferred", "hierarchy": "default", "shuffle_seed": 0}
+    assert evaluation_options(base) == {"inferred_rule": "softmax", "metrics_protocol": "inferred", "shuffle_seed": 0}
     for bad in ({"inferred_rule": "distance"}, {"metrics_protocol": "best"}):
         with pytest.raises(EvaluationConfigError, match=next(iter(bad))):
-            evaluation_options({**base, **bad}, None, "digits")
+            evaluation_options({**base, **bad})
 
 
 def test_confusion_figure_orders_classes_by_superclass():

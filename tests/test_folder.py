@@ -78,7 +78,7 @@ def test_native_size_needs_equal_sizes(folder):
 def test_superclass_file_maps_class_names(folder, tmp_path):
     names = FolderDataModule(root=str(folder)).class_names
     path = write_mapping(tmp_path / "m.yaml", "animal: [cat, dog]\nvehicle: [car]\n")
-    assert resolve_case({"name": "custom", "mapping": None, "file": path}, "folder", names) == [1, 0, 0]
+    assert resolve_case({"name": "custom", "mapping": None, "file": path}, {}, names).table == [1, 0, 0]
 
 
 @pytest.mark.parametrize("text, match", [
@@ -92,7 +92,7 @@ def test_bad_superclass_files(folder, tmp_path, text, match):
     names = FolderDataModule(root=str(folder)).class_names
     path = write_mapping(tmp_path / "m.yaml", text)
     with pytest.raises(SuperclassError, match=match) as e:
-        resolve_case({"name": "custom", "mapping": None, "file": path}, "folder", names)
+        resolve_case({"name": "custom", "mapping": None, "file": path}, {}, names)
     assert "\n" not in str(e.value)
 
 
@@ -104,7 +104,7 @@ def test_folders_named_by_number_can_be_listed_as_numbers(tmp_path):
     names = FolderDataModule(root=str(root)).class_names
     assert names == ("12", "3", "7")
     # YAML reads 3 as an int; it means the folder "3", not the class with index 3.
-    assert resolve_case({"name": "custom", "mapping": {"a": [3, 7], "b": [12]}, "file": None}, "folder", names) \
+    assert resolve_case({"name": "custom", "mapping": {"a": [3, 7], "b": [12]}, "file": None}, {}, names).table \
         == [1, 0, 0]
 
 

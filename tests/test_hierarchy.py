@@ -1,16 +1,28 @@
+"""ProxyDR's metrics as its official eval_cifar100.py computes them, checked by hand (src/hierarchy.py)."""
 import numpy as np
 import pytest
+from scipy.cluster.hierarchy import linkage
+from scipy.spatial.distance import squareform
 
-from src.hierarchy import hierarchy_mean_corr, hierarchy_rf, representative_distances, tree_distance_matrix
+from src.hierarchy import (hierarchy_mean_corr, hierarchy_rf, representative_distances, tree_distance_matrix,
+                           wpgma_clusters)
+from src.tree import ClassTree, Level
 
 A = 0.3
 # classes 0, 1 around one axis pair, 2, 3 around another: within-pair distances equal, across all equal
 TREE_VECTORS = np.array([[1, A, 0, 0], [1, -A, 0, 0], [0, 0, 1, A], [0, 0, 1, -A]], dtype=float)
+# six classes on the unit circle at these angles (degrees): each class's three nearest are its own half
+CIRCLE = np.radians([0, 10, 30, 100, 112, 135])
+CIRCLE_VECTORS = np.stack([np.cos(CIRCLE), np.sin(CIRCLE)], 1)
 
 
-def test_tree_distances():
+def test_tree_distances_count_the_edges_of_the_path():
     np.testing.assert_array_equal(tree_distance_matrix([0, 0, 1, 1, 0]), [
         [0, 2, 4, 4, 2], [2, 0, 4, 4, 2], [4, 4, 0, 2, 4], [4, 4, 2, 0, 4], [2, 2, 4, 4, 0]])
+    # three levels: pairs {0,1} {2,3} {4} under halves {0,1,2,3} {4}
+    tree = ClassTree("t", "abcde", [Level("pair", (0, 0, 1, 1, 2), ("p", "q", "r")),
+                                    Level("half", (0, 0, 0, 0, 1), ("x", "y"))])
+    assert tree_distance_matrix(tree)[0].tolist() == [0, 2, 4, 4, 6]  # self, same pair, same half, root
 
 
 def test_representative_distances_are_chords_or_angles_of_normalised_vectors():
@@ -22,39 +34,53 @@ def test_representative_distances_are_chords_or_angles_of_normalised_vectors():
 
 @pytest.mark.parametrize("distance", ["euc", "arccos"])
 def test_vectors_that_reproduce_the_tree(distance):
-    table = [0, 0, 1, 1]
-    assert hierarchy_mean_corr(TREE_VECTORS, table, distance) == pytest.approx(1.0, abs=1e-9)
-    assert hierarchy_mean_corr(TREE_VECTORS, table, distance, include_self=True) == pytest.approx(1.0, abs=1e-9)
-    assert hierarchy_rf(TREE_VECTORS, table, distance) == 0.0
+    # every whole column ranks like the tree's (self 0, pair-mate, the two others tied): ρ = 1, atanh = ∞,
+    # tanh(∞) = 1, as the code's fisher_corr gives
+    assert hierarchy_mean_corr(TREE_VECTORS, [0, 0, 1, 1], distance) == 1.0
+    assert hierarchy_rf(TREE_VECTORS, [0, 0, 1, 1], distance) == 0.0
 
 
-def test_tree_breaking_arrangement():
-    # the same vectors against superclasses {0, 2}, {1, 3}: for every class the ranks of its distances
-    # (near, far, far) against the tree's (4, 2, 4) give ρ = −1/2; the splits {0,1}|{2,3} and {0,2}|{1,3}
-    # share nothing, rf = 2 / (1 + 1)
-    table = [0, 1, 0, 1]
-    assert hierarchy_mean_corr(TREE_VECTORS, table) == pytest.approx(-0.5, abs=1e-9)
-    assert hierarchy_rf(TREE_VECTORS, table) == 1.0
+def test_the_self_distance_is_part_of_each_column():
+    # superclasses {0, 2}, {1, 3}. Class 0's column: learned (0, a, b, b), tree (0, 4, 2, 4); ranks
+    # (1, 2, 3.5, 3.5) and (1, 3.5, 2, 3.5), centred (−1.5, −.5, 1, 1)·(−1.5, 1, −.5, 1) = 2.25 over 4.5: ρ = 1/2
+    # for every class. Without the self-distance (the previous definition) it was −1/2.
+    assert hierarchy_mean_corr(TREE_VECTORS, [0, 1, 0, 1]) == pytest.approx(0.5, abs=1e-12)
+    # learned split {0,1}|{2,3}; the reference WPGMA tree merges {1,3} (the last tie), then {0,2}: rf = 2 / 2
+    assert hierarchy_rf(TREE_VECTORS, [0, 1, 0, 1]) == 1.0
 
 
-def test_rf_of_a_binary_upgma_tree_against_two_superclasses():
-    # six classes on the unit circle at these angles: UPGMA joins (0,1), (3,4), then 2 and 5, a binary tree
-    # with splits {0,1}, {3,4}, {0,1,2}|{3,4,5}; the superclass tree has only {0,1,2}|{3,4,5}: rf = 2 / (3 + 1)
-    angles = np.radians([0, 10, 30, 100, 112, 135])
-    w = np.stack([np.cos(angles), np.sin(angles)], 1)
-    assert hierarchy_rf(w, [0, 0, 0, 1, 1, 1]) == 0.5
-    # each class's own superclass is nearest, but d_T ties them: ρ_i = Pearson([1..5], [1.5,1.5,4,4,4]) = √3/2
-    assert hierarchy_mean_corr(w, [0, 0, 0, 1, 1, 1]) == pytest.approx(3 ** 0.5 / 2, abs=1e-9)
-    # superclasses {0,1}, {2,3,4,5}: one split {0,1}|{2,3,4,5}, which UPGMA has; its other two are extra
-    assert hierarchy_rf(w, [0, 0, 1, 1, 1, 1]) == 0.5
-    # superclasses {0,3}, {1,4}, {2,5}: three splits, none learned: 6 / 6
-    assert hierarchy_rf(w, [0, 1, 2, 0, 1, 2]) == 1.0
+def test_mean_corr_on_the_circle():
+    # halves {0,1,2}, {3,4,5}. Column 0: ranks (1..6) against the tree's (0,2,2,4,4,4) ranks (1,2.5,2.5,5,5,5);
+    # centred dot 6.25 + 1.5 + .5 + .75 + 2.25 + 3.75 = 15, norms² 17.5 and 15: ρ = √(6/7), every column alike
+    rho = np.sqrt(6 / 7)
+    assert hierarchy_mean_corr(CIRCLE_VECTORS, [0, 0, 0, 1, 1, 1]) == pytest.approx(rho, abs=1e-12)
+
+
+def test_rf_builds_the_reference_tree_as_biopython_does():
+    # Reference: WPGMA on d_T (2 within a half, 4 across), ties to the last pair in the lower-triangle scan:
+    # {4,5}, then {3,4,5}, then {1,2}, then {0,1,2}: splits {4,5}, {1,2}, {0,1,2}|{3,4,5}.
+    reference = wpgma_clusters(tree_distance_matrix([0, 0, 0, 1, 1, 1]))
+    assert reference == [frozenset({4, 5}), frozenset({3, 4, 5}), frozenset({1, 2}), frozenset({0, 1, 2}),
+                         frozenset(range(6))]
+    # Learned: {0,1} (10°), {3,4} (12°), {0,1,2} (25° on average), {3,4,5} (29°): splits {0,1}, {3,4},
+    # {0,1,2}|{3,4,5}. One of three in common: rf = 4 / 6.
+    assert hierarchy_rf(CIRCLE_VECTORS, [0, 0, 0, 1, 1, 1]) == pytest.approx(2 / 3, abs=1e-12)
+
+
+def test_wpgma_matches_scipy_weighted_linkage_without_ties():
+    rng = np.random.default_rng(0)
+    d = squareform(rng.random(45))  # 10 points, distinct distances
+    z = linkage(squareform(d), method="weighted")
+    members = {i: frozenset([i]) for i in range(10)}
+    for m, (a, b, _, _) in enumerate(z):
+        members[10 + m] = members[int(a)] | members[int(b)]
+    assert set(wpgma_clusters(d)) == {members[10 + m] for m in range(9)}
+    average = linkage(squareform(d), method="average")  # true UPGMA is another tree here
+    assert not np.allclose(average[:, 2], z[:, 2])
 
 
 def test_undefined_cases_are_none():
     assert hierarchy_mean_corr(TREE_VECTORS, None) is None and hierarchy_rf(TREE_VECTORS, None) is None
-    assert hierarchy_mean_corr(TREE_VECTORS, [0, 0, 0, 0]) is None       # one superclass: constant d_T
-    assert hierarchy_mean_corr(TREE_VECTORS, [0, 1, 2, 3]) is None       # one class per superclass
-    assert hierarchy_rf(TREE_VECTORS, [0, 0, 0, 0]) is None              # superclass tree without a split
     assert hierarchy_rf(TREE_VECTORS[:3], [0, 0, 1]) is None             # 3 leaves: no split at all
+    assert hierarchy_mean_corr(TREE_VECTORS[:2], [0, 1]) is None         # 2 classes
     assert hierarchy_mean_corr(np.ones((4, 3)), [0, 0, 1, 1]) is None    # identical vectors: no ρ defined

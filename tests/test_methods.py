@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from bench.parity import StepLosses, raw_loop
 from helpers import FAST, HandScore, compose_cfg
-from src.data.superclasses import superclass_table
+from src.data.superclasses import dataset_cases, resolve_case, superclass_table
 from src.evaluation import masked_scores, masked_tables
 from src.models import PreActResNet
 from src.models.dks import DKS, HALDKS
@@ -49,10 +49,13 @@ def test_masked_error_of_a_hand_made_logit_matrix():
 
 
 def test_masked_tables_give_the_plain_network_every_case_and_hal_its_own():
-    assert masked_tables("mnist", "case4", [0] * 10, auxiliary=True) == {"case4": [0] * 10}
-    tables = masked_tables("mnist", "baseline", None, auxiliary=False)
+    names = [str(d) for d in range(10)]
+    cases = dataset_cases("mnist", names)
+    assert masked_tables(cases["case4"], cases, auxiliary=True) == {"case4": cases["case4"].table}
+    tables = masked_tables(None, cases, auxiliary=False)
     assert list(tables) == list(CASES)
-    assert list(masked_tables("folder", "custom", [0, 1], auxiliary=False)) == ["custom"]
+    custom = resolve_case({"name": "custom", "mapping": [[0], [1]]}, {}, ["a", "b"])
+    assert list(masked_tables(custom, {}, auxiliary=False)) == ["custom"]
 
 
 @pytest.mark.parametrize("method, case, fields", [

@@ -118,3 +118,24 @@ def test_probe_figure_has_one_line_per_stage_and_group_and_names_the_split(tmp_p
     assert len({ln.get_color() for ln in fig.axes[0].get_lines()}) == 3
     assert "scored on the validation split" in fig._suptitle.get_text()
     assert probe_figure("digits", 10, "", {"case2": groups["case2"]}) is None
+
+
+def test_the_tables_show_the_mistake_metrics_and_crm(tmp_path):
+    sweep = tmp_path / "s"
+    for seed in (0, 1):
+        write_run(sweep, f"hal{seed}", dataset="cifar100", case="coarse", seed=seed, test_error=30.0,
+                  test_error_crm=40.0 + seed, mistake_severity=2.0 + seed, hierarchical_distance={"1": 1.0, "5": 2.0,
+                  "20": 3.0 + seed}, ece=0.1, level_acc={"class": 70.0, "coarse": 80.0}, hierarchy_name="cifar100")
+    assert main([str(sweep)]) == 0
+    md = (sweep / "table.md").read_text()
+    assert "| CRM % | mistake severity | HD@1 | HD@5 | HD@20 | ECE |" in md.splitlines()[0]
+    assert "| 40.50 ± 0.71 | 2.500 ± 0.707 | 1.000 ± 0.000 | 2.000 ± 0.000 | 3.500 ± 0.707 | 0.100 ± 0.000 |" in md
+    assert "| cifar100 | 10 | coarse |" in md and "hierarchy_name" in md
+    with open(sweep / "table.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["level_acc.coarse_mean"]) == 80.0
+    write_run(sweep, "dks0", dataset="cifar100", case="baseline", method="dks", seed=0, test_error=31.0,
+              test_error_crm=35.0)
+    assert main([str(sweep)]) == 0
+    header = (sweep / "table.md").read_text().splitlines()[0]  # the methods table: CRM beside the protocols
+    assert "| masked % | fair Δ [95 % CI] verdict | CRM % | mistake severity | HD@1 |" in header

@@ -62,10 +62,10 @@ def test_custom_mapping_by_name_and_index(tmp_path):
         custom_table({"a": ["cow"], "b": ["cat", "dog", "car"]}, names)
     f = tmp_path / "m.yaml"
     f.write_text("animal: [cat, dog]\nvehicle: [car]\n")
-    assert resolve_case({"name": "custom", "mapping": None, "file": str(f)}, "folder", names) == [0, 0, 1]
+    assert resolve_case({"name": "custom", "mapping": None, "file": str(f)}, {}, names).table == [0, 0, 1]
     f.write_text("a: [cat\n")
     with pytest.raises(SuperclassError, match="not valid YAML"):
-        resolve_case({"name": "custom", "mapping": None, "file": str(f)}, "folder", names)
+        resolve_case({"name": "custom", "mapping": None, "file": str(f)}, {}, names)
     with pytest.raises(SuperclassError, match="exactly one of"):
-        resolve_case({"name": "custom", "mapping": None, "file": None}, "folder", names)
-    assert resolve_case({"name": "baseline"}, "mnist", names) is None
+        resolve_case({"name": "custom", "mapping": None, "file": None}, {}, names)
+    assert resolve_case({"name": "baseline"}, {}, names) is None

@@ -12,6 +12,7 @@ import torch
 
 from src.data.pipeline import TensorLoader, augment, channel_stats, normalize
 from src.errors import UserError
+from src.tree import ClassTree
 
 
 class DataConfigError(UserError, ValueError):
@@ -21,6 +22,7 @@ class DataConfigError(UserError, ValueError):
 class InMemoryDataModule(pl.LightningDataModule):
     name: str = ""
     class_names: tuple[str, ...] = ()
+    tree: Optional[ClassTree] = None  # the dataset's own class tree (CIFAR-100's); its levels are cases
 
     def __init__(
         self,

@@ -1,17 +1,22 @@
 """Concrete datasets: each loads uint8 (N, C, H, W) images and int64 labels.
 
-MNIST, SVHN and CIFAR-10 are read (and, with ``download=True``, fetched) by torchvision's dataset
+MNIST, SVHN, CIFAR-10 and CIFAR-100 are read (and, with ``download=True``, fetched) by torchvision's dataset
 classes, in their official file formats; a missing dataset stops with a one-line ``DataMissingError``.
 """
+import pickle
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, MNIST, SVHN
+from torchvision.datasets import CIFAR10, CIFAR100, MNIST, SVHN
 from torchvision.datasets.utils import check_integrity
 
 from src.data.datamodule import InMemoryDataModule
+from src.data.superclasses import cifar100_tree
 from src.errors import DataMissingError
+from src.tree import ClassTree
 
 
 class DigitsDataModule(InMemoryDataModule):
@@ -121,28 +126,74 @@ class CIFAR10DataModule(InMemoryDataModule):
 
     name = "cifar10"
     class_names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    torchvision_class = CIFAR10
 
     def __init__(self, *args, verify_checksums: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.verify_checksums = verify_checksums
 
-    def load(self):
-        cls = CIFAR10
+    @cached_property
+    def _opened(self) -> dict:
+        """{split: the torchvision dataset}, opened (and downloaded) once."""
+        cls = self.torchvision_class
         if not self.verify_checksums:
-            cls = type("CIFAR10Unchecked", (CIFAR10,), {
+            cls = type(f"{cls.__name__}Unchecked", (cls,), {
                 "tgz_md5": None,
-                "train_list": [[f, None] for f, _ in CIFAR10.train_list],
-                "test_list": [[f, None] for f, _ in CIFAR10.test_list],
-                "meta": {**CIFAR10.meta, "md5": None}})
+                "train_list": [[f, None] for f, _ in cls.train_list],
+                "test_list": [[f, None] for f, _ in cls.test_list],
+                "meta": {**cls.meta, "md5": None}})
         root = Path(self.data_dir)
         files = {f"{cls.base_folder}/{f}": md5 for f, md5 in
                  cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]}
-        out = {}
-        for split in ("train", "test"):
-            ds = _open_torchvision("cifar10", cls, root, files, self.download, train=split == "train")
-            if tuple(ds.classes) != self.class_names:
-                raise DataMissingError(f"cifar10: {root.resolve()} names its classes {ds.classes}, "
-                                       f"not CIFAR-10's {list(self.class_names)}")
+        return {split: _open_torchvision(self.name, cls, root, files, self.download, train=split == "train")
+                for split in ("train", "test")}
+
+    def load(self):
+        out, opened = {}, self._opened
+        del self._opened  # torchvision's arrays are copied below: keep one copy in memory
+        for split, ds in opened.items():
+            if tuple(ds.classes) != tuple(self.class_names):
+                raise DataMissingError(f"{self.name}: {Path(self.data_dir).resolve()} names its classes {ds.classes}, "
+                                       f"not {list(self.class_names)}")
             out[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
                           torch.tensor(ds.targets, dtype=torch.long))
+        return out
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100, 50,000 train / 10,000 test 32×32 colour images of 100 classes, from ``data_dir/cifar-100-python/``.
+
+    Class names come from the ``meta`` pickle (``fine_label_names``), as torchvision reads them. torchvision keeps
+    only the fine labels, so the 20 superclasses are read from the pickles' ``coarse_labels`` (names:
+    ``coarse_label_names``) and must equal the coarse level of the shipped five-level tree (``self.tree``).
+    """
+
+    name = "cifar100"
+    torchvision_class = CIFAR100
+
+    @cached_property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self._opened["train"].classes)
+
+    def _pickle(self, filename: str) -> dict:
+        with open(Path(self.data_dir) / self.torchvision_class.base_folder / filename, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+
+    @cached_property
+    def tree(self) -> ClassTree:
+        return cifar100_tree(self.class_names, self._pickle(self.torchvision_class.meta["filename"]).get(
+            "coarse_label_names"))
+
+    def load(self):
+        out = super().load()
+        coarse = np.asarray(self.tree.table("coarse"))
+        for split, files in (("train", self.torchvision_class.train_list), ("test", self.torchvision_class.test_list)):
+            filename = files[0][0]
+            labels = np.asarray(self._pickle(filename).get("coarse_labels", []))
+            fine = out[split][1].numpy()
+            if len(labels) != len(fine) or (labels != coarse[fine]).any():
+                wrong = sorted(set(fine[labels != coarse[fine]].tolist())) if len(labels) == len(fine) else "all"
+                raise DataMissingError(
+                    f"cifar100: the coarse_labels of {filename} disagree with the coarse level of the shipped tree "
+                    f"(src/data/cifar100_levels.csv) for classes {wrong}: not the official CIFAR-100 files")
         return out

@@ -1,17 +1,24 @@
-"""Superclass tables: class index -> superclass index (paper, Table 1).
+"""Superclass tables (class index -> superclass index; paper, Table 1) and the cases that resolve to class trees.
 
 A table is a list ``t`` with ``t[class] = superclass``. Every class is in exactly one superclass and
-superclass indices are 0..s-1 with none empty; ``validate_table`` enforces this.
+superclass indices are 0..s-1 with none empty; ``validate_table`` enforces this. A case (``conf/case/``) names a
+class tree (``src.tree``) and the level of it that HAL's block is fed: ``dataset_cases`` lists the cases of a
+dataset, ``resolve_case`` turns the ``case`` config into one, ``evaluation_tree`` the ``eval.hierarchy`` option.
+``build()`` calls each once and hands the objects down.
 """
+import csv
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Union
 
-from src.errors import UserError
 from src.paper import CASES, PAPER_CASES
+from src.tree import ClassTree, Level, TreeError
+
+CIFAR100_LEVELS = Path(__file__).with_name("cifar100_levels.csv")  # HAF's and HAFrame's tree: fine -> 20 -> 8 -> 4 -> 2
 
 
-
-class SuperclassError(UserError, ValueError):
+class SuperclassError(TreeError):
     """A superclass mapping is malformed (message is one line, fit for the user)."""
 
 
@@ -107,28 +114,122 @@ def custom_table(
     return groups_to_table(resolved, n), names
 
 
-def resolve_case(case: Mapping, dataset: str, class_names: Sequence[str]) -> Optional[list[int]]:
-    """The table for a ``case`` config (baseline -> None, case1..4 -> Table 1, custom -> user mapping)."""
+@dataclass(frozen=True)
+class Case:
+    """A case: a class tree and the level of it fed to HAL's block as x* (``table``)."""
+    name: str
+    tree: ClassTree
+    level: str
+
+    @property
+    def table(self) -> list[int]:
+        return self.tree.table(self.level)
+
+    @property
+    def num_superclasses(self) -> int:
+        return max(self.table) + 1
+
+
+def cifar100_tree(class_names: Sequence[str], coarse_names: Optional[Sequence[str]] = None) -> ClassTree:
+    """CIFAR-100's five-level tree from ``cifar100_levels.csv`` (columns fine, coarse, level3, level2, level1)."""
+    with open(CIFAR100_LEVELS, newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: int(r["fine"]))
+    if [int(r["fine"]) for r in rows] != list(range(len(class_names))):
+        raise TreeError(f"{CIFAR100_LEVELS.name} does not list the {len(class_names)} classes 0..{len(class_names) - 1}")
+    levels = []
+    for name in ("coarse", "level3", "level2", "level1"):
+        table = tuple(int(r[name]) for r in rows)
+        names = coarse_names if name == "coarse" and coarse_names is not None else range(max(table) + 1)
+        levels.append(Level(name, table, tuple(str(n) for n in names)))
+    return ClassTree("cifar100", class_names, levels)
+
+
+def dataset_cases(dataset: str, class_names: Sequence[str], tree: Optional[ClassTree] = None) -> dict[str, Case]:
+    """The named cases of a dataset: Table 1's two-level trees, and one per level of the dataset's own ``tree``
+    (CIFAR-100: ``coarse``, ``level3``, ``level2``, ``level1``, all on its whole five-level tree)."""
+    cases = {}
+    if dataset in PAPER_CASES:
+        cases = {c: Case(c, ClassTree.from_table(c, superclass_table(dataset, c), class_names), "superclass")
+                 for c in CASES}
+    if tree is not None:
+        cases.update({level: Case(level, tree, level) for level in tree.level_names})
+    return cases
+
+
+def _read_mapping(path: str):
+    import yaml
+
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise SuperclassError(f"cannot read superclass file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SuperclassError(f"superclass file {path} is not a text (UTF-8) file: case.file needs a "
+                              "YAML mapping {superclass: [classes]}") from None
+    except yaml.YAMLError as e:
+        raise SuperclassError(f"superclass file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def custom_tree(mapping, class_names: Sequence[str]) -> ClassTree:
+    """A user mapping -> its tree: {superclass: [classes]} (two levels), or several levels finest first,
+    ``{levels: {level name: {group: [classes]}, ...}}`` (each group lies in one group of the next level)."""
+    if isinstance(mapping, Mapping) and set(mapping) == {"levels"}:
+        levels = mapping["levels"]
+        if not isinstance(levels, Mapping) or not levels:
+            raise SuperclassError("'levels' must map each level name to {group: [classes]}, finest level first")
+        resolved = []
+        for name, groups in levels.items():
+            table, names = custom_table(groups, class_names)
+            resolved.append(Level(str(name), tuple(table), tuple(names)))
+        return ClassTree("custom", class_names, resolved)
+    table, names = custom_table(mapping, class_names)
+    return ClassTree.from_table("custom", table, class_names, names)
+
+
+def resolve_case(case: Mapping, cases: Mapping[str, Case], class_names: Sequence[str],
+                 dataset: str = "") -> Optional[Case]:
+    """The ``case`` config as a ``Case`` (baseline -> None; custom -> the user's tree, fed ``case.level`` or its
+    finest level; any other name -> that case of ``dataset_cases``)."""
     name = case["name"]
     if name == "baseline":
         return None
     if name != "custom":
-        return superclass_table(dataset, name)
+        if name in cases:
+            return cases[name]
+        if not cases:
+            raise SuperclassError(
+                f"no named superclasses for dataset '{dataset}'; use case=custom with dataset.superclass_file=PATH, "
+                f"case.file=PATH or case.mapping=...")
+        raise SuperclassError(f"unknown case '{name}' for {dataset}; choose one of {list(cases)} or custom")
     mapping, path = case.get("mapping"), case.get("file")
     if (mapping is None) == (path is None):
         raise SuperclassError("case=custom needs exactly one of case.mapping=... or case.file=PATH "
                               "(case.file defaults to dataset.superclass_file)")
-    if path is not None:
-        import yaml
+    tree = custom_tree(_read_mapping(path) if path is not None else mapping, class_names)
+    level = case.get("level") or tree.level_names[0]
+    tree.level(level)  # a one-line error for a level the tree does not have
+    return Case("custom", tree, level)
 
-        try:
-            with open(path) as f:
-                mapping = yaml.safe_load(f)
-        except OSError as e:
-            raise SuperclassError(f"cannot read superclass file {path}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise SuperclassError(f"superclass file {path} is not a text (UTF-8) file: case.file needs a "
-                                  "YAML mapping {superclass: [classes]}") from None
-        except yaml.YAMLError as e:
-            raise SuperclassError(f"superclass file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return custom_table(mapping, class_names)[0]
+
+def evaluation_tree(name: Optional[str], cases: Mapping[str, Case], case: Optional[Case],
+                    dataset_tree: Optional[ClassTree] = None) -> Optional[ClassTree]:
+    """The tree the hierarchy metrics score every run against (``eval.hierarchy``): ``default`` is the dataset's
+    own tree (CIFAR-100's five levels), else its case1, else the run's own case (a custom one), else none;
+    ``custom`` the run's custom tree; a case name of the dataset its tree; null none."""
+    if name is None:
+        return None
+    if name == "default":
+        if dataset_tree is not None:
+            return dataset_tree
+        if "case1" in cases:
+            return cases["case1"].tree
+        return case.tree if case is not None else None
+    if name == "custom":
+        if case is None or case.name != "custom":
+            raise SuperclassError("eval.hierarchy=custom scores against the run's own tree: it needs case=custom")
+        return case.tree
+    if name not in cases:
+        raise SuperclassError(f"eval.hierarchy={name} is not a case of this dataset; choose default, custom, null "
+                              f"or one of {list(cases)}")
+    return cases[name].tree

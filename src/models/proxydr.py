@@ -9,12 +9,15 @@ cos_c = f̂·ŵ_c. The logits are::
     arccos:  z_c = s · (−log(θ_c + 1e-12)),  θ_c = arccos(0.999999·clip(cos_c, −1, 1))
 
 so softmax(z)_c = d_c^{−s} / Σ_k d_k^{−s}: a ratio of distances (DR), trained with plain cross-entropy.
+Float rounding can put cos_c a little above 1, where 2 − 2·cos_c < 0 and its log is NaN: it is clamped at 0
+(the code does not clamp; it has the same latent NaN).
 
-Defaults, and why:
+The constructor's defaults are the code's command-line defaults; ``conf/method/proxydr.yaml`` chooses otherwise
+(``distance: arccos``, ``dynamic_scale: true``), and that is what ``method=proxydr`` trains:
 - ``distance="euc"``: the code's default (``--distance euc``) and the distance of every run in its
-  ``train_CIFAR100_whole_models.sh``; ``"arccos"`` is the code's other variant.
+  ``train_CIFAR100_whole_models.sh``; ``"arccos"`` is the code's other variant (the config's choice).
 - ``dynamic_scale=False`` with s = 10: the code fixes ``model.scale = 10`` unless ``--dynamic``. With
-  ``dynamic_scale=True`` s starts at the root (scipy ``fsolve`` from 10) of the code's equation for C classes::
+  ``dynamic_scale=True`` (the config's choice) s starts at the root (scipy ``fsolve`` from 10) of the code's equation for C classes::
 
       euc:     ((C−1)/2^{s/2}) · (s+1) · (2−√2)^{s/2} − s + 1 = 0       (C = 10: s₀ ≈ 4.34)
       arccos:  ((C−1)/(π/2)^s) · (s+1) · (π/4)^s − s + 1 = 0            (C = 10: s₀ ≈ 3.92)
@@ -65,7 +68,7 @@ def proxy_logits(cos: torch.Tensor, scale: torch.Tensor | float, distance: str) 
     """z = s · pre_score(cos), the module docstring's two formulas."""
     if distance == "arccos":
         return scale * -torch.log(torch.acos(0.999999 * cos.clamp(-1, 1)) + 1e-12)
-    return scale * -torch.log(2 - 2 * cos + 1e-12) / 2
+    return scale * -torch.log((2 - 2 * cos).clamp(min=0) + 1e-12) / 2
 
 
 def scale_residual(log_scale: torch.Tensor, cos: torch.Tensor, label: torch.Tensor, distance: str) -> torch.Tensor:
@@ -76,7 +79,7 @@ def scale_residual(log_scale: torch.Tensor, cos: torch.Tensor, label: torch.Tens
     if distance == "arccos":
         numer = theta ** -s_now
     else:
-        numer = (2 - 2 * cos) ** (-s_now / 2)
+        numer = (2 - 2 * cos).clamp(min=1e-12) ** (-s_now / 2)  # finite where rounding puts cos at or above 1
     non_target = torch.ones_like(numer, dtype=torch.bool)
     non_target[rows, label] = False
     b_avg = torch.where(non_target, numer, torch.zeros_like(numer)).sum() / len(label)
