@@ -1,6 +1,7 @@
 """SIGTERM/SIGINT: a clean stop with an `interrupted` record, one stderr line, a non-zero exit code."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from src.console import python_command
 from src.signals import RunInterrupted, stop_on_signal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,11 +120,13 @@ def test_sigterm_stops_the_real_run_and_a_rerun_resumes(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
-    assert err.strip().splitlines()[-1] == f"stopped: {run_dir}: SIGTERM; re-run the same command to resume"
+    # A single run's dir has a timestamp: the line gives the command that resumes in this dir.
+    resume = f"{python_command()} -m src.train {' '.join(cmd[3:-1])} hydra.run.dir={run_dir}"
+    assert err.strip().splitlines()[-1] == f"stopped: {run_dir}: SIGTERM; resume with: {resume}"
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"
 
-    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(shlex.split(resume), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "finished" and record["resumed_at_epoch"] >= 1
