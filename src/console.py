@@ -93,11 +93,11 @@ def shown(path: Path) -> str:
 
 
 class EpochLines(pl.Callback):
-    """One line per training epoch: epoch, training loss and error, validation error, seconds.
-    ``train.log`` gets every one; the console every ``every``-th and the last (``every`` gives about five)."""
+    """One line per training epoch: epoch, training and validation loss and error. ``train.log`` gets every
+    one; the console every ⌈epochs / lines⌉-th and the last: about ``lines`` of them."""
 
-    def __init__(self, max_epochs: int, lines: int = 5) -> None:
-        self.max_epochs, self.every = max_epochs, max(1, math.ceil(max_epochs / lines))
+    def __init__(self, lines: int = 5) -> None:
+        self.lines = lines
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The module logs train/* in its own on_train_epoch_end, after this hook: read them at the next
@@ -114,10 +114,11 @@ class EpochLines(pl.Callback):
         epoch, self._ended = getattr(self, "_ended", None), None
         if epoch is None or not trainer.is_global_zero:
             return
-        metrics = trainer.callback_metrics
-        parts = [f"epoch {epoch + 1}/{self.max_epochs}"]
+        metrics, epochs = trainer.callback_metrics, trainer.max_epochs  # fast_dev_run makes it 1
+        every = max(1, math.ceil(epochs / self.lines))
+        parts = [f"epoch {epoch + 1}/{epochs}"]
         for key in ("train/loss", "train/error", "val/loss", "val/error"):
             if key in metrics:
                 parts.append(f"{key} {float(metrics[key]):.4g}")
-        last = epoch + 1 == self.max_epochs
-        progress.log(logging.INFO if last or (epoch + 1) % self.every == 0 else logging.DEBUG, "  ".join(parts))
+        shown_here = epoch + 1 == epochs or (epoch + 1) % every == 0
+        progress.log(logging.INFO if shown_here else logging.DEBUG, "  ".join(parts))

@@ -64,7 +64,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
         # A redraw every step is a terminal write every step: measurable on a GPU at hundreds of steps/s.
         callbacks.append(pl.callbacks.TQDMProgressBar(cfg.progress_refresh_rate))
     elif cfg.trainer.enable_progress_bar:  # stdout is not a terminal: one line per epoch instead
-        callbacks.append(EpochLines(cfg.trainer.max_epochs))
+        callbacks.append(EpochLines())
     return datamodule, module, callbacks
 
 

@@ -38,9 +38,9 @@ def test_a_run_off_a_terminal_prints_epoch_lines_and_its_summary_and_nothing_els
 
 def test_epoch_lines_reach_the_console_about_five_times(caplog):
     class Trainer:
-        is_global_zero, callback_metrics = True, {"train/loss": 0.5}
+        is_global_zero, callback_metrics, max_epochs = True, {"train/loss": 0.5}, 30
 
-    lines = EpochLines(max_epochs=30)
+    lines = EpochLines()
     with caplog.at_level(logging.DEBUG, logger="src.progress"):
         for epoch in range(30):
             Trainer.current_epoch = epoch
@@ -119,3 +119,16 @@ def test_hydra_errors_become_one_line_with_a_hint():
                                             "(did you mean trainer.max_epochs?)"
     multirun_cfg = ValueError("Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified")
     assert str(hydra_error(multirun_cfg)).startswith("--cfg shows one job's config: drop -m")
+
+
+@pytest.mark.slow  # a subprocess
+def test_print_config_prints_the_composed_config_first(tmp_path):
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    proc = run_cli("print_config=true", "debug=fast", "trainer.accelerator=cpu", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    printed = OmegaConf.to_yaml(saved, resolve=True).rstrip().splitlines()
+    assert proc.stdout.splitlines()[:len(printed)] == printed
+    assert proc.stdout.splitlines()[-1].endswith("; 1 thread") and "debug in" in proc.stdout.splitlines()[-1]
