@@ -39,14 +39,19 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
     ``_hydra_subprocess_cmd``, which re-runs ``sys.argv``: in a multirun that is the whole sweep, ``-m``
     included). This job's own overrides, its run dir, and no ``.hydra/`` copy: rank 0 wrote it."""
     hydra_cfg = HydraConfig.get()
-    argv, flags = sys.argv[1:], []
-    for i, arg in enumerate(argv):  # the config dir/name options, as given
-        if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
-            flags += [arg] if "=" in arg else argv[i:i + 2]
-    command = [sys.executable, "-m", "src.train", *flags, *hydra_cfg.overrides.task,
+    command = [sys.executable, "-m", "src.train", *config_flags(), *hydra_cfg.overrides.task,
                f"hydra.run.dir={hydra_cfg.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
                "hydra.output_subdir=null"]
     return command, get_original_cwd()
+
+
+def config_flags() -> list[str]:
+    """The config dir/name options of this command line, as given (``-cd conf``, ``--config-name=x``)."""
+    argv, flags = sys.argv[1:], []
+    for i, arg in enumerate(argv):
+        if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
+            flags += [arg] if "=" in arg else argv[i:i + 2]
+    return flags
 
 
 subprocess_script._hydra_subprocess_cmd = ddp_child_command
@@ -123,12 +128,8 @@ def resume_hint(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
 
 def resume_command(run_dir: Path) -> str:
     """This job's command line again (interpreter, config dir flags, overrides), in ``run_dir``."""
-    argv, flags = sys.argv[1:], []
-    for i, arg in enumerate(argv):
-        if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
-            flags += [arg] if "=" in arg else argv[i:i + 2]
     overrides = [*HydraConfig.get().overrides.task, f"hydra.run.dir={shown(run_dir)}"]
-    return " ".join([python_command(), "-m", "src.train", *map(shlex.quote, flags + overrides)])
+    return " ".join([python_command(), "-m", "src.train", *map(shlex.quote, config_flags() + overrides)])
 
 
 def entered() -> None:
