@@ -4,8 +4,8 @@
   scoped to those messages; every other warning still shows, as a ``py.warnings`` log record. Lightning's
   loggers hand their records to Hydra's handlers (conf/config.yaml, ``hydra.job_logging``): one stream to
   the console (INFO on stdout, WARNING and above on stderr) and the same lines in ``<run dir>/train.log``.
-- ``EpochLines``: when stdout is not a terminal (a log file, a pipe, SLURM) there is no progress bar but one
-  line per epoch: in ``train.log`` every epoch, on the console about five of them.
+- ``EpochLines``: one line per epoch in ``train.log``. When stdout is not a terminal (a log file, a pipe,
+  SLURM) there is no progress bar, and about five of those lines are shown on the console instead.
 - ``python_command``, ``shown``: the interpreter that is running and a path, as printed commands give them.
 """
 import logging
@@ -96,8 +96,8 @@ class EpochLines(pl.Callback):
     """One line per training epoch: epoch, training and validation loss and error. ``train.log`` gets every
     one; the console every ⌈epochs / lines⌉-th and the last: about ``lines`` of them."""
 
-    def __init__(self, lines: int = 5) -> None:
-        self.lines = lines
+    def __init__(self, lines: int = 5, console: bool = True) -> None:
+        self.lines, self.console = lines, console  # console=False: train.log only (a progress bar is shown)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The module logs train/* in its own on_train_epoch_end, after this hook: read them at the next
@@ -120,5 +120,5 @@ class EpochLines(pl.Callback):
         for key in ("train/loss", "train/error", "val/loss", "val/error"):
             if key in metrics:
                 parts.append(f"{key} {float(metrics[key]):.4g}")
-        shown_here = epoch + 1 == epochs or (epoch + 1) % every == 0
+        shown_here = self.console and (epoch + 1 == epochs or (epoch + 1) % every == 0)
         progress.log(logging.INFO if shown_here else logging.DEBUG, "  ".join(parts))

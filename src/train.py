@@ -63,8 +63,8 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     if progress_bar(cfg):
         # A redraw every step is a terminal write every step: measurable on a GPU at hundreds of steps/s.
         callbacks.append(pl.callbacks.TQDMProgressBar(cfg.progress_refresh_rate))
-    elif cfg.trainer.enable_progress_bar:  # stdout is not a terminal: one line per epoch instead
-        callbacks.append(EpochLines())
+    if cfg.trainer.enable_progress_bar:  # train.log's epoch lines; the console's too, off a terminal
+        callbacks.append(EpochLines(console=not progress_bar(cfg)))
     return datamodule, module, callbacks
 
 

@@ -50,6 +50,15 @@ def test_epoch_lines_reach_the_console_about_five_times(caplog):
     assert len(caplog.records) == 30  # every epoch in train.log
     console = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert console == [f"epoch {e}/30  train/loss 0.5" for e in (6, 12, 18, 24, 30)]
+    caplog.clear()
+    beside_a_bar = EpochLines(console=False)  # on a terminal: the progress bar, and train.log's lines
+    with caplog.at_level(logging.DEBUG, logger="src.progress"):
+        for epoch in range(3):
+            Trainer.current_epoch = epoch
+            beside_a_bar.on_train_epoch_start(Trainer, None)
+            beside_a_bar.on_train_epoch_end(Trainer, None)
+        beside_a_bar.on_train_end(Trainer, None)
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG] * 3
 
 
 def write_job(sweep, name, status):
