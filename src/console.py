@@ -28,6 +28,7 @@ NOISE = (
     (r".*isinstance.treespec, LeafSpec.* is deprecated", "inside Lightning, not ours to fix"),
     (r"The number of training batches .* is smaller than the logging interval", "everything is logged per epoch"),
     (r".*does not have many workers", "the batches are slices of tensors in memory: workers would only copy"),
+    (r"Checkpoint directory .* exists and is not empty", "a resumed run writes into its own checkpoint dir"),
 )
 # Loggers whose INFO lines are noise: the device summary, the litlogger "Tip", "Loading `train_dataloader`",
 # "`Trainer.fit` stopped", and "Received SIGTERM" (src/signals.py sends SIGINT through that path).
