@@ -141,3 +141,24 @@ def test_print_config_prints_the_composed_config_first(tmp_path):
     printed = OmegaConf.to_yaml(saved, resolve=True).rstrip().splitlines()
     assert proc.stdout.splitlines()[:len(printed)] == printed
     assert proc.stdout.splitlines()[-1].endswith("; 1 thread") and "debug in" in proc.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow  # a subprocess trained until its first checkpoint
+def test_a_sweep_stopped_by_a_signal_still_prints_its_summary(tmp_path):
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "src.train", "-m", "case=case1,case2", "trainer.max_epochs=300",
+                             "trainer.accelerator=cpu", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = sweep / "case=case1,trainer.max_epochs=300" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].endswith("SIGINT; re-run the same command to resume")
+    assert out.splitlines()[-1] == (f"sweep {sweep}: 0 finished, 0 failed, 0 skipped, 1 interrupted; "
+                                    f"report: {python_command()} -m src.report {sweep}")
