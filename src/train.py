@@ -143,6 +143,9 @@ def log_final(logger: pl.loggers.Logger, cfg: DictConfig, metrics: dict, step: i
         logger.log_hyperparams(params)
         logger.log_metrics(metrics, step=step)
     logger.finalize("success")
+    if isinstance(logger, pl.loggers.WandbLogger):
+        # Lightning leaves the wandb run open, and the next job of a sweep would log into it.
+        logger.experiment.finish()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
