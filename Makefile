@@ -36,4 +36,4 @@ report: venv  ## Table 2 and Figures 2-7 of the sweeps under outputs/sweeps, or 
 	$(PY) -m src.report $(or $(ARGS),outputs/sweeps)
 
 clean:  ## Remove run outputs (keeps the virtual env)
-	rm -rf outputs/runs outputs/sweeps lightning_logs
+	rm -rf outputs/runs outputs/sweeps outputs/debug lightning_logs

@@ -7,6 +7,7 @@ command line; stored in Hydra's ConfigStore as ``base_config`` (and ``dataset/ba
 ``+trainer.foo=1`` at composition. conf/config.yaml, conf/trainer/default.yaml and each
 conf/dataset/<name>.yaml name their schema first in their defaults list.
 """
+import difflib
 import inspect
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
@@ -24,6 +25,7 @@ RULES = (
     ("optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "in [0, 1)"),
     ("dataset.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("trainer.max_epochs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("threads", lambda v: v is None or (isinstance(v, int) and v >= 1), "an integer >= 1 or null"),
     ("depth", lambda v: isinstance(v, int) and v >= 10 and (v - 4) % 6 == 0, "6n+4 with n >= 1 (10, 16, 28, ...)"),
     ("divergence_factor", lambda v: _number(v) and v > 0, "> 0"),
     ("model.depth", lambda v: isinstance(v, int) and v >= 10 and (v - 4) % 6 == 0, "6n+4 with n >= 1 (10, 16, 28, ...)"),
@@ -73,6 +75,19 @@ def _known_keys(node: DictConfig, schema: type) -> list[str]:
     return known
 
 
+def did_you_mean(key: str, known: list[str], prefix: str = "") -> str:
+    """``did you mean trainer.max_epochs?`` for the closest known key (difflib), or "" when none is close."""
+    close = difflib.get_close_matches(key, [k for k in known if not k.startswith("_")], n=1)
+    return f"did you mean {prefix}{close[0]}?" if close else ""
+
+
+def schema_keys(path: str) -> list[str]:
+    """The keys the schema knows at a dotted config path (``trainer``, ``dataset``, ``""``), for hints."""
+    schema = {"": Config, "trainer": TrainerConfig, "model": ModelConfig, "optimizer": OptimizerConfig,
+              "dataset": DatasetConfig}.get(path)
+    return _known_keys(OmegaConf.create({}), schema) if schema is not None else []
+
+
 def _check_keys(node: DictConfig, prefix: str = "") -> None:
     """Hydra adds ``+trainer.foo=1`` even to a typed node (``force_add``): refuse keys the schema lacks here."""
     schema = OmegaConf.get_type(node)
@@ -80,8 +95,10 @@ def _check_keys(node: DictConfig, prefix: str = "") -> None:
         known = _known_keys(node, schema)
         extra = [k for k in node if k not in known]
         if extra:
+            hint = did_you_mean(extra[0], known, prefix)
             raise ConfigError(f"{prefix}{extra[0]} is not a key of {prefix.rstrip('.') or 'the config'} "
-                              f"(a typo? its keys: {', '.join(k for k in known[:40] if not k.startswith('_'))}"
+                              f"({hint + '; ' if hint else 'a typo? '}its keys: "
+                              f"{', '.join(k for k in known[:40] if not k.startswith('_'))}"
                               f"{', ...' if len(known) > 40 else ''})")
     for key in node:
         child = node._get_node(key)
@@ -107,6 +124,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     enable_checkpointing: bool = True
     fast_dev_run: Any = False  # bool or int
+    overfit_batches: Any = 0  # int (batches) or float (fraction)
     gradient_clip_val: Optional[float] = 1.0
     strategy: Any = MISSING  # "ddp", "auto", ...
     num_nodes: int = MISSING
@@ -194,6 +212,10 @@ class Config:
     progress_refresh_rate: int = 10
     test_curve: bool = False
     probe: bool = False
+    logger: Any = MISSING  # conf/logger/: one Lightning logger's arguments
+    threads: Optional[int] = 1  # torch.set_num_threads; null: torch's default
+    print_config: bool = False
+    debug_run: bool = False
 
 
 # The base each conf/dataset/*.yaml names first in its defaults list.

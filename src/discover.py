@@ -29,6 +29,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from src.data.superclasses import superclass_table
 from src.paper import CASES, PAPER_CASES
+from src.console import python_command
 from src.errors import UserError, exit_code
 
 FILE = "hierarchy.npz"
@@ -51,6 +52,10 @@ def load_discovery_inputs(run_dir: Path) -> dict:
     if not Path(run_dir).is_dir():
         raise DiscoveryError(f"{run_dir} is not a run directory")
     if not path.exists():
+        runs = sorted(p.parent for p in Path(run_dir).glob(f"**/{FILE}"))
+        if runs:  # a sweep dir or outputs/runs: it wants one of them
+            raise DiscoveryError(f"{run_dir} holds {len(runs)} runs, not one: pass one of them as RUN_DIR:\n"
+                                 + "\n".join(f"  {r}" for r in runs))
         raise DiscoveryError(f"{path} not found: discovery needs a run that finished with this version of src.train")
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -136,7 +141,7 @@ def train_command(run_dir: Path, dataset: str, mapping: Path) -> str:
     if dataset == "folder":
         root = (_saved_config(run_dir).get("dataset") or {}).get("root")
         args.insert(1, _override("dataset.root", root) if root else "dataset.root=PATH/TO/IMAGES")
-    return "python -m src.train " + " ".join(args)
+    return f"{python_command()} -m src.train " + " ".join(args)
 
 
 def _override(key: str, value) -> str:

@@ -1,4 +1,4 @@
-"""Test protocols without the oracle superclass, and hierarchy metrics (README, "Beyond the paper").
+"""Test protocols without the oracle superclass, and hierarchy metrics (docs/hierarchy.md).
 
 Protocols, i.e. what is fed as x* at test time:
 

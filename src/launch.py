@@ -1,7 +1,8 @@
 """How ``python -m src.train`` is launched, beyond ``@hydra.main``.
 
-- ``run_job(train, cfg)``: one job in its Hydra run dir. A signal stops it resumably (``src/signals.py``); an
-  error marks it ``failed``, and is one line: in a multirun the sweep goes on with the next job.
+- ``run_job(train, cfg)``: one job in its Hydra run dir, on a quiet console (``src/console.py``), ending in its
+  summary line. A signal stops it resumably (``src/signals.py``; a single run's ``stopped:`` line gives the
+  command that resumes it); an error marks it ``failed``, and is one line: in a multirun the sweep goes on.
 - ``cli(main)``: what Hydra refuses before ``main`` runs (a value the schema refuses, a bad override, a run
   dir it cannot create) is one ``error:`` line and exit status 1, like every other bad input.
 - DDP: Lightning's launcher starts ranks 1..N-1 of a job with ``ddp_child_command``: this job only, in its
@@ -9,6 +10,7 @@
 """
 import logging
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -18,13 +20,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import HydraException, OverrideParseException
 from hydra.utils import get_original_cwd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.strategies.launchers import subprocess_script
 
+from src.config import did_you_mean, schema_keys
 from src.errors import ConfigError, exit_code, user_error
-from src.records import record_failure
+from src.console import python_command, quiet, shown, to_log_file
+from src.records import is_rank_zero, record_failure
 from src.signals import stop_on_signal
+from src.summary import summary_line
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +39,19 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
     ``_hydra_subprocess_cmd``, which re-runs ``sys.argv``: in a multirun that is the whole sweep, ``-m``
     included). This job's own overrides, its run dir, and no ``.hydra/`` copy: rank 0 wrote it."""
     hydra_cfg = HydraConfig.get()
-    argv, flags = sys.argv[1:], []
-    for i, arg in enumerate(argv):  # the config dir/name options, as given
-        if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
-            flags += [arg] if "=" in arg else argv[i:i + 2]
-    command = [sys.executable, "-m", "src.train", *flags, *hydra_cfg.overrides.task,
+    command = [sys.executable, "-m", "src.train", *config_flags(), *hydra_cfg.overrides.task,
                f"hydra.run.dir={hydra_cfg.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
                "hydra.output_subdir=null"]
     return command, get_original_cwd()
+
+
+def config_flags() -> list[str]:
+    """The config dir/name options of this command line, as given (``-cd conf``, ``--config-name=x``)."""
+    argv, flags = sys.argv[1:], []
+    for i, arg in enumerate(argv):
+        if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
+            flags += [arg] if "=" in arg else argv[i:i + 2]
+    return flags
 
 
 subprocess_script._hydra_subprocess_cmd = ddp_child_command
@@ -59,6 +69,8 @@ def hydra_error(error: BaseException) -> Optional[ConfigError]:
     if isinstance(error, OSError) and error.filename is not None:
         return ConfigError(f"cannot write the run dir (hydra.run.dir / hydra.sweep.dir): {error.strerror}: "
                            f"{error.filename}")
+    if isinstance(error, ValueError) and "Only one of --run, --multirun, --cfg" in str(error):
+        return ConfigError("--cfg shows one job's config: drop -m (--multirun) and give each key one value")
     if not isinstance(error, (HydraException, OmegaConfBaseException)):
         return None
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
@@ -67,7 +79,9 @@ def hydra_error(error: BaseException) -> Optional[ConfigError]:
     first = next((line for line in lines if not line.startswith(("In '", "full_key:", "object_type=",
                                                                   "reference_type="))), type(cause).__name__)
     if key:
-        return ConfigError(f"{key}: {first}")
+        parent, _, name = key.rpartition(".")
+        hint = did_you_mean(name, schema_keys(parent), f"{parent}." if parent else "") if "not in" in first else ""
+        return ConfigError(f"{key}: {first}" + (f" ({hint})" if hint else ""))
     if isinstance(error, OverrideParseException) or "Could not find" not in str(error):
         return ConfigError(first)
     # An unknown group option: Hydra's message lists the options (its search path is left out).
@@ -75,21 +89,47 @@ def hydra_error(error: BaseException) -> Optional[ConfigError]:
 
 
 def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:
-    """``train(cfg, run_dir, callbacks)`` for the job Hydra composed, as ``@hydra.main`` runs it."""
+    """``train(cfg, run_dir, callbacks)`` for the job Hydra composed, as ``@hydra.main`` runs it; its summary
+    line at the end (src/summary.py)."""
     entered()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    quiet()
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if cfg.get("print_config"):
+        log.info(OmegaConf.to_yaml(cfg, resolve=True).rstrip())
     try:
-        with stop_on_signal(run_dir, cfg) as guard:
-            return train(cfg, run_dir, callbacks=[guard.callback()])
+        with stop_on_signal(run_dir, cfg, resume_hint(cfg, run_dir, multirun)) as guard:
+            record = train(cfg, run_dir, callbacks=[guard.callback()])
     except Exception as e:
         record = record_failure(run_dir, user_error(e) or e, cfg)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        to_log_file(f"error: {user_error(e) or e}")
+        if multirun:
             # One failed job must not stop the sweep: its metrics.json says failed, the report lists it.
             if user_error(e) is None:
                 log.exception("job %s failed", run_dir)
             print(f"error: {run_dir.name}: {user_error(e) or e}", file=sys.stderr)
             return record
         sys.exit(exit_code(e))
+    if is_rank_zero():
+        log.info(summary_line(record, run_dir))
+    return record
+
+
+def resume_hint(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
+    """What the ``stopped:`` line tells: a sweep resumes when the same command runs again (its job dirs have
+    no timestamp); a single run's dir has one, so the line gives the command that reuses this dir."""
+    if not cfg.trainer.enable_checkpointing:
+        return "trainer.enable_checkpointing=false: running it again starts over"
+    if multirun:
+        return "re-run the same command to resume"
+    return f"resume with: {resume_command(run_dir)}"
+
+
+def resume_command(run_dir: Path) -> str:
+    """This job's command line again (interpreter, config dir flags, overrides), in ``run_dir``."""
+    overrides = [*HydraConfig.get().overrides.task, f"hydra.run.dir={shown(run_dir)}"]
+    return " ".join([python_command(), "-m", "src.train", *map(shlex.quote, config_flags() + overrides)])
 
 
 def entered() -> None:

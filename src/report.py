@@ -87,7 +87,7 @@ def _optimizer(config: dict[str, str]) -> str:
 
 def recipe_note(runs: list[Run]) -> str:
     """One line on the counted runs' gradient clipping and optimiser: the paper has no clipping and names no
-    optimiser (README, "Choices the paper leaves open"). Empty without ``.hydra/config.yaml``."""
+    optimiser (docs/configuration.md, "Choices the paper leaves open"). Empty without ``.hydra/config.yaml``."""
     configs = [r.config for r in runs if r.finished and r.config]
     clips = sorted({c["trainer.gradient_clip_val"] for c in configs if "trainer.gradient_clip_val" in c})
     optimizers = sorted({_optimizer(c) for c in configs if "optimizer._target_" in c})
@@ -96,7 +96,7 @@ def recipe_note(runs: list[Run]) -> str:
         parts.append(f"gradient clipping `trainer.gradient_clip_val={' / '.join(clips)}` (the paper has none)")
     if optimizers:
         parts.append(f"optimiser `{' / '.join(optimizers)}` (the paper names none)")
-    return f"Recipe beyond the paper (README, \"Choices the paper leaves open\"): {'; '.join(parts)}." if parts else ""
+    return f"Recipe beyond the paper (docs/configuration.md, \"Choices the paper leaves open\"): {'; '.join(parts)}." if parts else ""
 
 
 def _cell(r: dict, name: str, digits: int = 2) -> str:

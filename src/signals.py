@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT stop a run at a safe point; re-running the same command resumes it.
+"""SIGTERM and SIGINT stop a run at a safe point; the ``stopped:`` line says how to resume it.
 
 What pytorch_lightning 2.6 does by itself (``trainer/connectors/signal_connector.py``, the loops):
 
@@ -20,6 +20,7 @@ batch). The run's record then says ``interrupted``, stderr gets one line, and th
 A second signal stops at once.
 """
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.trainer.states import TrainerFn
 
+from src.console import to_log_file
 from src.records import read_record, record_status
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -94,8 +96,11 @@ class StopAtPassEnd(pl.Callback):
         self._check(trainer)
 
 
-def stopped_line(run_dir: Path, signum: int) -> str:
-    return f"stopped: {run_dir}: {signal.Signals(signum).name}; re-run the same command to resume"
+RERUN = "re-run the same command to resume"
+
+
+def stopped_line(run_dir: Path, signum: int, resume: str = RERUN) -> str:
+    return f"stopped: {run_dir}: {signal.Signals(signum).name}; {resume}"
 
 
 def record_interrupted(run_dir: Path, signum: int, cfg: DictConfig) -> dict:
@@ -107,9 +112,9 @@ def record_interrupted(run_dir: Path, signum: int, cfg: DictConfig) -> dict:
 
 
 @contextlib.contextmanager
-def stop_on_signal(run_dir: Path, cfg: DictConfig) -> Iterator[SignalGuard]:
+def stop_on_signal(run_dir: Path, cfg: DictConfig, resume: str = RERUN) -> Iterator[SignalGuard]:
     """Around ``train()``: SIGTERM/SIGINT end the run with the ``interrupted`` record, the stopped line
-    and exit code 128 + signum. Pass ``guard.callback()`` to the Trainer(s)."""
+    (ending in ``resume``: how to go on) and exit code 128 + signum. Pass ``guard.callback()`` to the Trainer(s)."""
     guard = SignalGuard()
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for s in STOP_SIGNALS:
@@ -122,7 +127,9 @@ def stop_on_signal(run_dir: Path, cfg: DictConfig) -> Iterator[SignalGuard]:
         if guard.signum is None:
             raise
         record_interrupted(run_dir, guard.signum, cfg)
-        print(stopped_line(run_dir, guard.signum), file=sys.stderr, flush=True)
+        line = stopped_line(run_dir, guard.signum, resume)
+        print(line, file=sys.stderr, flush=True)
+        to_log_file(line, logging.WARNING)
         raise SystemExit(128 + guard.signum) from None
     finally:
         for s, handler in previous.items():

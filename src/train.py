@@ -9,15 +9,18 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols, Throughput
 from src.config import check_config
+from src.console import EpochLines, progress_bar
 from src.data.superclasses import dataset_cases, evaluation_tree, resolve_case
 from src.errors import ConfigError
 from src import launch
 from src.evaluation import evaluation_options, masked_tables
+from src.flops import TrainingFlops
 from src.module import HALModule
 from src.probes import StageProbes
 from src.records import git_commit, write_json
@@ -54,7 +57,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     protocols = TestProtocols(run_dir, case, hierarchy, names, masked=masked_tables(case, cases, net.auxiliary is not None),
                               **evaluation)
     callbacks = [EpochHistory(run_dir / "history.csv"), RNGState(), AuxiliaryScores(run_dir / "aux_scores.npz"),
-                 Throughput(), pl.callbacks.LearningRateMonitor(logging_interval="epoch"),
+                 Throughput(), TrainingFlops(), pl.callbacks.LearningRateMonitor(logging_interval="epoch"),
                  protocols,
                  DiscoveryInputs(run_dir / "hierarchy.npz", cfg.dataset.name, case, names, evaluation["inferred_rule"],
                                  cases)]
@@ -64,9 +67,11 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
         callbacks.append(StageProbes(hierarchy=protocols.table))  # the superclass metrics' table
     if cfg.trainer.enable_checkpointing:  # Lightning refuses a ModelCheckpoint otherwise
         callbacks.append(checkpoint_callback(run_dir))
-    if cfg.trainer.enable_progress_bar:
+    if progress_bar(cfg):
         # A redraw every step is a terminal write every step: measurable on a GPU at hundreds of steps/s.
         callbacks.append(pl.callbacks.TQDMProgressBar(cfg.progress_refresh_rate))
+    if cfg.trainer.enable_progress_bar:  # train.log's epoch lines; the console's too, off a terminal
+        callbacks.append(EpochLines(console=not progress_bar(cfg)))
     return datamodule, module, callbacks
 
 
@@ -82,21 +87,19 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     if previous is not None:
         return previous
     start = time.time()
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(cfg.threads)
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, run_callbacks = build(cfg, run_dir)
     record = {"dataset": cfg.dataset.name, "case": cfg.case.name, "method": module.method.name,
               "position": module.net.position, "depth": cfg.model.depth, "seed": cfg.seed,
               "superclasses": datamodule.superclasses, "epochs": cfg.trainer.max_epochs, "status": "running",
-              "git_commit": git_commit()}
+              "git_commit": git_commit(), "threads": torch.get_num_threads()}
     write_json(run_dir / "metrics.json", record)
 
-    logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
-    # val_size=0 (the paper's protocol): no validation loop, rather than an empty one logging NaN metrics.
-    trainer_args = {k: cfg.trainer[k] for k in cfg.trainer if not OmegaConf.is_missing(cfg.trainer, k)}
-    if len(datamodule.splits["val"][0]) == 0:
-        trainer_args["limit_val_batches"] = 0
-    trainer = pl.Trainer(**trainer_args, logger=logger, default_root_dir=str(run_dir),
+    logger = make_logger(cfg, run_dir)
+    trainer = pl.Trainer(**trainer_arguments(cfg, datamodule), logger=logger, default_root_dir=str(run_dir),
                          callbacks=[*run_callbacks, *callbacks])
     checkpoint = usable_checkpoint(run_dir) if cfg.trainer.enable_checkpointing else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
@@ -109,12 +112,47 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
                   val_error=val_error, **module.test_heads, **module.parameter_counts())
     for callback in run_callbacks:  # what the extra passes measured (protocols, throughput, resume, probes)
         record.update(getattr(callback, "record", {}))
-    record.update(duration_s=round(time.time() - start, 2), status="finished")
-    # The HPARAMS tab of `tensorboard --logdir <sweep>` compares the jobs of a sweep on their final metrics.
-    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), metrics={
-        f"hparams/{k}": v for k, v in record.items() if isinstance(v, float) and k.startswith("test_")})
+    # debug=fast / debug=overfit: a record no sweep skips and no report counts.
+    record.update(duration_s=round(time.time() - start, 2), status="debug" if cfg.get("debug_run") else "finished")
+    log_final(logger, cfg, {f"hparams/{k}": v for k, v in record.items() if isinstance(v, float)
+                            and k.startswith("test_")}, trainer.global_step)
     write_json(run_dir / "metrics.json", record)
     return record
+
+
+def trainer_arguments(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict:
+    """``pl.Trainer`` arguments from ``cfg.trainer``: the keys set, the progress bar only on a terminal."""
+    args = {k: cfg.trainer[k] for k in cfg.trainer if not OmegaConf.is_missing(cfg.trainer, k)}
+    args["enable_progress_bar"] = progress_bar(cfg)
+    # val_size=0 (the paper's protocol): no validation loop, rather than an empty one logging NaN metrics.
+    if len(datamodule.splits["val"][0]) == 0:
+        args["limit_val_batches"] = 0
+    return args
+
+
+def make_logger(cfg: DictConfig, run_dir: Path) -> pl.loggers.Logger:
+    """The Lightning logger of ``cfg.logger`` (conf/logger/): files in the run dir unless it names a
+    ``save_dir``; runs named after their run dir where the logger has names."""
+    extra = {"save_dir": str(run_dir)} if cfg.logger.get("save_dir") is None else {}
+    for key in ("run_name", "name"):
+        if key in cfg.logger and cfg.logger[key] is None:
+            extra[key] = run_dir.name
+    return instantiate(cfg.logger, **extra)
+
+
+def log_final(logger: pl.loggers.Logger, cfg: DictConfig, metrics: dict, step: int) -> None:
+    """The config and the final test metrics, once. TensorBoard pairs them in its HPARAMS tab (``tensorboard
+    --logdir <sweep>`` compares the jobs of a sweep); the other loggers take them as params and metrics."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(logger, pl.loggers.TensorBoardLogger):
+        logger.log_hyperparams(params, metrics=metrics)
+    else:
+        logger.log_hyperparams(params)
+        logger.log_metrics(metrics, step=step)
+    logger.finalize("success")
+    if isinstance(logger, pl.loggers.WandbLogger):
+        # Lightning leaves the wandb run open, and the next job of a sweep would log into it.
+        logger.experiment.finish()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import FAST, compose_cfg
+from src.console import python_command
 from src.data.superclasses import resolve_case, superclass_table
 from src.paper import CASES
 from src.discover import (
@@ -110,7 +111,7 @@ def test_discover_writes_mappings_that_train(hal_run, run_train, capsys):
         path = hal_run / "discovered" / f"{method}_k3.yaml"
         assert f"wrote {path}" in out
         train_line = path.read_text().splitlines()[3]
-        assert train_line.startswith("# train: python -m src.train dataset=digits case=custom")
+        assert train_line.startswith(f"# train: {python_command()} -m src.train dataset=digits case=custom")
         assert f"  train: {train_line.removeprefix('# train: ')}\n" in out
         table = resolve_case({"name": "custom", "file": str(path)}, {}, [str(d) for d in range(10)]).table
         assert sorted(set(table)) == [0, 1, 2]
@@ -145,9 +146,9 @@ def test_the_train_command_names_the_images_of_a_folder_run_and_quotes_sweep_pat
     run = tmp_path / "case=custom,seed=0"
     mapping = run / "discovered" / "vectors_k2.yaml"
     assert train_command(run, "svhn", mapping) == \
-        f"python -m src.train dataset=svhn case=custom 'case.file=\"{mapping}\"'"
+        f"{python_command()} -m src.train dataset=svhn case=custom 'case.file=\"{mapping}\"'"
     assert train_command(run, "folder", mapping).startswith(
-        "python -m src.train dataset=folder dataset.root=PATH/TO/IMAGES case=custom")  # no .hydra/config.yaml
+        f"{python_command()} -m src.train dataset=folder dataset.root=PATH/TO/IMAGES case=custom")  # no .hydra/config.yaml
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text("dataset:\n  name: folder\n  root: my pets\n")
     command = train_command(run, "folder", mapping)

@@ -4,22 +4,27 @@ works. ``python -m src.train`` lines compose with the repo's configs (a multirun
 here; ``make`` lines name real targets and pass ``make -n`` (the ``src.*`` commands they expand to are
 checked in turn). A line marked ``# needs: gpu|download|slurm`` is skipped, with the line as the reason
 (``-ra`` lists them); a marked ``src.train`` line is still composed, which needs none of those."""
+import functools
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from doc_commands import (NEEDS, ROOT, DocCommand, anchors, broken_links, collect, compose_train, doc_files,
                           github_anchor, parse_command)
+from helpers import FAST, compose_cfg
 from src.config import check_config
 from src.errors import ConfigError
 from test_report import write_run
@@ -190,7 +195,9 @@ def run_module(command: DocCommand, args: list[str], workspace: Path) -> None:
     module = importlib.import_module(name)
     for path in paths(args):  # a sweep (for the report) or a run the docs name: a copy of the fixture's
         if not Path(path).exists():
-            shutil.copytree(workspace / (PLACEHOLDERS["SWEEP_DIR"] if name == "src.report" else RUN), path)
+            source = trained_run() if name == "src.eval" else \
+                workspace / (PLACEHOLDERS["SWEEP_DIR"] if name == "src.report" else RUN)
+            shutil.copytree(source, path)
     try:
         status = module.main(args)
     except SystemExit as e:
@@ -200,6 +207,32 @@ def run_module(command: DocCommand, args: list[str], workspace: Path) -> None:
         check_report(args)
     elif name == "src.discover":
         check_discovery(args)
+    elif name == "src.eval":
+        check_eval(args)
+
+
+@functools.cache
+def trained_run() -> Path:
+    """A real finished digits run with its final checkpoint and saved config, for the `src.eval` lines:
+    trained once per test session (two training batches)."""
+    from src.train import train
+
+    run = Path(tempfile.mkdtemp()) / "run"
+    run.mkdir()
+    cfg = compose_cfg([*FAST, "trainer.enable_checkpointing=true", "+trainer.limit_train_batches=2"])
+    train(cfg, run)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    return run
+
+
+def check_eval(args: list[str]) -> None:
+    run = Path(paths(args)[0])
+    record, rescored = (json.loads((run / name).read_text()) for name in ("metrics.json", "eval.json"))
+    if not [a for a in args if "=" in a and not a.startswith("outputs/")]:  # no override: the same test pass
+        assert rescored["test_error"] == record["test_error"]
+    if "--update" in args:
+        assert record["status"] == "finished" and all(k in record for k in rescored)
 
 
 def paths(args: list[str]) -> list[str]:

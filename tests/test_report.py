@@ -143,7 +143,7 @@ def test_the_recipe_keys_the_paper_leaves_open_are_noted_under_the_table(tmp_pat
     write_run(sweep, "failed", ["experiment=table2_mnist", "case=case1", "optimizer.momentum=0.9"], config=True,
               dataset="mnist", case="case1", seed=0, status="failed", error="boom")
     assert main([str(sweep)]) == 0
-    note = ('Recipe beyond the paper (README, "Choices the paper leaves open"): gradient clipping '
+    note = ('Recipe beyond the paper (docs/configuration.md, "Choices the paper leaves open"): gradient clipping '
             '`trainer.gradient_clip_val=1.0 / null` (the paper has none); optimiser '
             '`SGD(lr=1.0, momentum=0.0, nesterov=false, weight_decay=0.0)` (the paper names none).')
     md = (sweep / "table.md").read_text()

@@ -1,6 +1,7 @@
 """SIGTERM/SIGINT: a clean stop with an `interrupted` record, one stderr line, a non-zero exit code."""
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from src.console import python_command
 from src.signals import RunInterrupted, stop_on_signal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,11 +119,13 @@ def test_sigterm_stops_the_real_run_and_a_rerun_resumes(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
-    assert err.strip().splitlines()[-1] == f"stopped: {run_dir}: SIGTERM; re-run the same command to resume"
+    # A single run's dir has a timestamp: the line gives the command that resumes in this dir.
+    resume = f"{python_command()} -m src.train {' '.join(cmd[3:-1])} hydra.run.dir={run_dir}"
+    assert err.strip().splitlines()[-1] == f"stopped: {run_dir}: SIGTERM; resume with: {resume}"
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"
 
-    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(shlex.split(resume), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "finished" and record["resumed_at_epoch"] >= 1
@@ -148,7 +152,7 @@ class _TrainSteps(pl.Callback):
 
 @pytest.mark.parametrize("batch", [0, 1])  # the first and the last of the two test batches (360 images, 256 each)
 def test_a_signal_during_the_test_pass_of_a_real_run_is_recorded_and_a_rerun_only_tests(tmp_path, capsys, batch):
-    """README "When things go wrong": a signal during the final test pass (its last batch too) gives the same
+    """docs/reliability.md: a signal during the final test pass (its last batch too) gives the same
     `stopped:` line and `interrupted` with no test metrics; the rerun does not train again, it only tests."""
     from helpers import FAST, compose_cfg
     from src.train import train

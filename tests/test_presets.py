@@ -1,0 +1,66 @@
+"""The experiment group holds presets only; the digits presets; the debug presets."""
+import csv
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from helpers import CONF, FAST, compose_cfg
+from src.resume import finished_record
+from src.summary import sweep_summary
+
+PRESETS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
+SEEDS = ["0", "1", "2", "3", "4"]
+
+
+def compose_with_hydra(overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def sweep_values(params) -> dict[str, list[str]]:
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return {o.key_or_group: list(o.sweep_string_iterator()) for o in parsed}
+
+
+def test_the_experiment_group_lists_exactly_the_presets():
+    assert PRESETS == ["methods_cifar10", "methods_digits", "methods_mnist", "methods_svhn", "smoke",
+                       "table2_cifar10", "table2_digits", "table2_mnist", "table2_svhn"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_is_a_sweep_with_its_own_dir(preset):
+    cfg = compose_with_hydra([f"experiment={preset}"])
+    assert cfg.hydra.sweep.dir == f"outputs/sweeps/{preset}"
+    assert sweep_values(cfg.hydra.sweeper.params)["seed"] == SEEDS
+
+
+@pytest.mark.parametrize("preset, swept, runs, epochs", [
+    ("table2_digits", "case", 5, 20), ("methods_digits", "arm", 11, 10)])
+def test_the_digits_presets(preset, swept, runs, epochs):
+    cfg = compose_with_hydra([f"experiment={preset}"])
+    values = sweep_values(cfg.hydra.sweeper.params)
+    assert len(values[swept]) == runs and len(values["seed"]) == 5
+    assert (cfg.dataset.name, cfg.model.depth, cfg.trainer.max_epochs, cfg.dataset.val_size) == ("digits", 10, epochs, 0)
+    assert cfg.trainer.enable_progress_bar is False
+
+
+def test_debug_fast_runs_one_batch_each_and_is_never_finished(run_train, tmp_path):
+    cfg = compose_cfg(["debug=fast"])
+    assert cfg.trainer.fast_dev_run == 1 and cfg.debug_run is True
+    record = run_train("debug=fast")
+    assert record["status"] == "debug" and 0 <= record["test_error"] <= 100
+    run_dir = tmp_path / "run"
+    assert finished_record(run_dir) is None  # a sweep runs it again rather than skipping it
+    assert sweep_summary(tmp_path).split(": ")[1].startswith("0 finished, 0 failed, 0 skipped, 0 interrupted, 1 debug")
+
+
+def test_debug_overfit_drives_the_training_loss_down(run_train, tmp_path):
+    cfg = compose_cfg(["debug=overfit"])
+    assert (cfg.trainer.overfit_batches, cfg.trainer.max_epochs, cfg.dataset.pad, cfg.dataset.flip) == (2, 50, 0, False)
+    record = run_train("debug=overfit", "trainer.max_epochs=30")
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert len(rows) == 30 and record["status"] == "debug"
+    # Two batches seen 30 times: the loss ends far below a uniform guess's ln(10) = 2.30 and its first epoch.
+    assert float(rows[-1]["train/loss"]) < min(0.1 * float(rows[0]["train/loss"]), 0.2)
