@@ -22,3 +22,18 @@ def _default_depth(dataset: str) -> int:
 
 # `${default_depth:${dataset.name}}` in conf/config.yaml: the paper's depth for the dataset (src/paper.py).
 OmegaConf.register_new_resolver("default_depth", _default_depth, replace=True)
+
+
+def _slurm_tasks(devices) -> int:
+    """The number of devices ``trainer.devices`` names (1 for "auto"): one SLURM task per device, as Lightning's
+    SLURM environment requires ``--ntasks-per-node`` to equal ``trainer.devices``."""
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, str):
+        parts = [p for p in devices.split(",") if p.strip()]
+        return int(parts[0]) if len(parts) == 1 and parts[0].strip().isdigit() else len(parts) if "," in devices else 1
+    return len(devices)  # a list of device indices
+
+
+# `${slurm_tasks:${trainer.devices}}` in conf/hydra/launcher/slurm*.yaml: tasks (and GPUs) per node.
+OmegaConf.register_new_resolver("slurm_tasks", _slurm_tasks, replace=True)

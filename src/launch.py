@@ -1,12 +1,14 @@
 """How ``python -m src.train`` is launched, beyond ``@hydra.main``.
 
-- ``run_job(train, cfg)``: one job in its Hydra run dir. A signal stops it resumably (``src/signals.py``); an
+- ``run_job(train, cfg)``: one job in its Hydra run dir, holding its lock (``src/lock.py``: a second writer
+  refuses in one line and, in a multirun, returns ``status: locked`` without touching the dir). A signal stops it resumably (``src/signals.py``); an
   error marks it ``failed``, and is one line: in a multirun the sweep goes on with the next job.
 - ``cli(main)``: what Hydra refuses before ``main`` runs (a value the schema refuses, a bad override, a run
   dir it cannot create) is one ``error:`` line and exit status 1, like every other bad input.
 - DDP: Lightning's launcher starts ranks 1..N-1 of a job with ``ddp_child_command``: this job only, in its
   run dir (Lightning's own re-runs ``sys.argv``, which in a multirun is the whole sweep).
 """
+import contextlib
 import logging
 import os
 import sys
@@ -23,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.strategies.launchers import subprocess_script
 
 from src.errors import ConfigError, exit_code, user_error
+from src.lock import RunLocked, run_lock
 from src.records import record_failure
 from src.signals import stop_on_signal
 
@@ -78,12 +81,25 @@ def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:
     """``train(cfg, run_dir, callbacks)`` for the job Hydra composed, as ``@hydra.main`` runs it."""
     entered()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_lock(run_dir))
+        except RunLocked as e:  # another run writes there: touch nothing (not even its record)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            if multirun:
+                return {"status": "locked", "error": str(e)}
+            sys.exit(1)
+        return _run_locked(train, cfg, run_dir, multirun)
+
+
+def _run_locked(train: Callable[..., dict], cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
     try:
         with stop_on_signal(run_dir, cfg) as guard:
             return train(cfg, run_dir, callbacks=[guard.callback()])
     except Exception as e:
         record = record_failure(run_dir, user_error(e) or e, cfg)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             # One failed job must not stop the sweep: its metrics.json says failed, the report lists it.
             if user_error(e) is None:
                 log.exception("job %s failed", run_dir)
