@@ -177,7 +177,11 @@ def summary(jobs: list[Job]) -> str:
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-    jobs = [Job(i, list(o), run_dir_of(launcher, o, i)) for i, o in enumerate(job_overrides, initial_job_idx)]
+    try:
+        jobs = [Job(i, list(o), run_dir_of(launcher, o, i)) for i, o in enumerate(job_overrides, initial_job_idx)]
+    except KeyboardInterrupt:
+        print("interrupted: nothing was submitted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     todo = []
     for job in jobs:
@@ -195,7 +199,12 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         print(f"skipping {skipped} of {len(jobs)} jobs: already finished (delete a job's metrics.json to run it "
               f"again)", file=sys.stderr, flush=True)
     if todo:
-        submit(launcher, todo)
+        try:
+            submit(launcher, todo)
+        except KeyboardInterrupt:
+            print("interrupted while submitting: check `squeue` for jobs that went in, and `scancel` them or "
+                  "re-run the same command", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
         wait(launcher, todo)
     print(summary(jobs), file=sys.stderr, flush=True)
     if any(job.outcome not in ("finished", "skipped") for job in jobs):

@@ -279,3 +279,20 @@ def test_preemption_with_the_user_signal_requeues_and_resumes(cluster, reference
     assert all(r["resumed_at_epoch"] is not None for r in records.values())
     said = "".join(job_log(sweep, job) for job in jobs)
     assert "Caught signal SIGUSR2" in said and "this job is preempted" in said
+
+
+DDP = ["case=baseline,case1", "seed=0", "trainer.max_epochs=2", "trainer.devices=2", "trainer.strategy=ddp"]
+
+
+def test_a_sweep_of_ddp_jobs_runs_one_task_per_rank_like_local_ddp(cluster, tmp_path):
+    """hydra/launcher=slurm asks for one task per device (tasks_per_node=${trainer.devices}); SLURM starts the
+    ranks and Lightning reads them from its environment. Equal to the same DDP jobs run locally."""
+    reference = reference_runs(tmp_path / "reference" / "sweep", DDP)
+    sweep = tmp_path / "sweep"
+    code, log = finish(launch(sweep, jobs=DDP))
+    assert code == 0 and "Traceback" not in log, log
+    records = assert_like(sweep, reference)
+    assert sorted(records) == ["case=baseline,seed=0,trainer.devices=2,trainer.max_epochs=2,trainer.strategy=ddp",
+                               "case=case1,seed=0,trainer.devices=2,trainer.max_epochs=2,trainer.strategy=ddp"]
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.err"))
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in logs
