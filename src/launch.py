@@ -11,6 +11,7 @@
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -42,9 +43,16 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
         if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
             flags += [arg] if "=" in arg else argv[i:i + 2]
     command = [sys.executable, "-m", "src.train", *flags, *hydra_cfg.overrides.task,
-               f"hydra.run.dir={hydra_cfg.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
+               f"hydra.run.dir={quoted(hydra_cfg.runtime.output_dir)}", f"hydra.job.name=train_ddp_process_{local_rank}",
                "hydra.output_subdir=null"]
     return command, get_original_cwd()
+
+
+def quoted(value: str) -> str:
+    """A value for Hydra's override grammar, quoted: a multirun's job dir holds '=' and ','."""
+    # Hydra unescapes backslashes only before a quote and at the end of a quoted string.
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
 
 
 subprocess_script._hydra_subprocess_cmd = ddp_child_command

@@ -213,19 +213,19 @@ def test_ctrl_c_leaves_the_jobs_running_and_says_how_to_cancel_them(cluster, ref
     assert_like(sweep, reference)
 
 
-def test_the_same_sweep_twice_at_once_has_one_writer_per_run_dir(cluster, reference, tmp_path):
+def test_the_same_sweep_twice_at_once_has_one_writer_per_run_dir(cluster, long_reference, tmp_path):
     sweep = tmp_path / "sweep"
-    first = launch(sweep)
-    holders = {case: job_of(run_dir(sweep, case)) for case in ("baseline", "case1")}
-    code, log = finish(launch(sweep))
+    first = launch(sweep, jobs=LONG)  # long enough to be running when the second command looks
+    target = run_dir(sweep, "case1", epochs=60)
+    job = job_of(target)
+    code, log = finish(launch(sweep, jobs=LONG))
     assert code == 1 and "Traceback" not in log, log
-    for case, job in holders.items():
-        assert f"not submitted: {run_dir(sweep, case)}: being written by SLURM job {job} (host" in log
-    assert log.strip().splitlines()[-1].startswith("slurm: 2 jobs: 0 finished, 0 failed, 0 cancelled, 0 skipped "
-                                                   "(finished before), 2 not run")
+    assert f"not submitted: {target}: being written by SLURM job {job} (host" in log
+    assert log.strip().splitlines()[-1].startswith("slurm: 1 jobs: 0 finished, 0 failed, 0 cancelled, 0 skipped "
+                                                   "(finished before), 1 not run")
     code, log = finish(first)
     assert code == 0, log
-    assert_like(sweep, reference)
+    assert_like(sweep, long_reference)
 
 
 def test_a_time_limit_requeues_with_the_defaults_and_resumes(cluster, long_reference, tmp_path):

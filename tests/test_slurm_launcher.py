@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from src import _slurm_tasks
-from src.lock import LOCK, RunLocked, me, run_lock
+from src.lock import LOCK, RunLocked, describe, me, run_lock
 from src.runs import group_runs, load_runs
 from src.signals import stopped_line
 from src.slurm import Job, resume_command, summary
@@ -124,3 +124,31 @@ def test_the_summary_counts_every_outcome():
     assert summary(jobs) == ("slurm: 6 jobs: 1 finished, 1 failed, 2 cancelled, 1 skipped (finished before), "
                              "1 not run (another run writes their dir); re-run the same command to resume the others")
     assert summary(jobs[:2]).endswith("1 skipped (finished before)")
+
+
+def test_finished_and_locked_jobs_are_not_submitted(tmp_path):
+    """Nothing goes to sbatch (there is no cluster here): one job finished before, the other's dir is held."""
+    (tmp_path / "case=case1,seed=0").mkdir()
+    (tmp_path / "case=case1,seed=0" / "metrics.json").write_text(json.dumps({"status": "finished"}))
+    (tmp_path / "case=case2,seed=0").mkdir()
+    holder = me()  # this test's process: alive
+    (tmp_path / "case=case2,seed=0" / LOCK).write_text(json.dumps(holder))
+    done = subprocess.run([sys.executable, "-m", "src.train", "-m", "hydra/launcher=slurm", "case=case1,case2",
+                           "seed=0", f"hydra.sweep.dir={tmp_path}"], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.splitlines()[-3:] == [
+        f"not submitted: {tmp_path}/case=case2,seed=0: being written by {describe(holder)}",
+        "skipping 1 of 2 jobs: already finished (delete a job's metrics.json to run it again)",
+        "slurm: 2 jobs: 0 finished, 0 failed, 0 cancelled, 1 skipped (finished before), 1 not run (another run "
+        "writes their dir); re-run the same command to resume the others"]
+    assert not (tmp_path / ".submitit").exists()
+
+
+@pytest.mark.parametrize("value", ["/t/case=case1,seed=0", "/x'y", "/a\\b", "/a\\", "/x\\'y"])
+def test_a_ddp_rank_gets_its_multirun_job_dir_whole(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.launch import quoted
+
+    assert OverridesParser.create().parse_override(f"hydra.run.dir={quoted(value)}").value() == value
