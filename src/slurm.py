@@ -116,7 +116,7 @@ def settle(launcher, job: Job) -> None:
 
     reason = None
     try:
-        returned = job.submitted.result()
+        returned = job.submitted.results()[0]  # task 0 (rank 0 of a DDP job)
     except FailedJobError as e:
         job.outcome = "failed"
         reason = next((line for line in reversed(str(e).splitlines()) if line.strip() and not line.startswith(

@@ -287,7 +287,13 @@ DDP = ["case=baseline,case1", "seed=0", "trainer.max_epochs=2", "trainer.devices
 def test_a_sweep_of_ddp_jobs_runs_one_task_per_rank_like_local_ddp(cluster, tmp_path):
     """hydra/launcher=slurm asks for one task per device (tasks_per_node=${trainer.devices}); SLURM starts the
     ranks and Lightning reads them from its environment. Equal to the same DDP jobs run locally."""
-    reference = reference_runs(tmp_path / "reference" / "sweep", DDP)
+    # The reference: each job a single local run (a second DDP job in one local multirun process fails: its
+    # rank 1 of the first job is gone while the process group lives on).
+    reference = tmp_path / "reference"
+    for case in ("baseline", "case1"):
+        name = f"case={case},seed=0,trainer.devices=2,trainer.max_epochs=2,trainer.strategy=ddp"
+        proc = train(f"case={case}", *DDP[1:], *COMMON, f"hydra.run.dir='{reference / name}'", log=tmp_path / f"{case}.log")
+        assert proc.wait(timeout=600) == 0, proc.log.read_text()[-3000:]
     sweep = tmp_path / "sweep"
     code, log = finish(launch(sweep, jobs=DDP))
     assert code == 0 and "Traceback" not in log, log
