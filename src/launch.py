@@ -1,8 +1,9 @@
 """How ``python -m src.train`` is launched, beyond ``@hydra.main``.
 
 - ``run_job(train, cfg)``: one job in its Hydra run dir, holding its lock (``src/lock.py``: a second writer
-  refuses in one line and, in a multirun, returns ``status: locked`` without touching the dir). A signal stops it resumably (``src/signals.py``); an
-  error marks it ``failed``, and is one line: in a multirun the sweep goes on with the next job.
+  refuses in one line and, in a multirun, returns ``status: locked`` without touching the dir). A signal
+  stops it resumably (``src/signals.py``); an error marks it ``failed``, and is one line: in a multirun the
+  sweep goes on with the next job.
 - ``cli(main)``: what Hydra refuses before ``main`` runs (a value the schema refuses, a bad override, a run
   dir it cannot create) is one ``error:`` line and exit status 1, like every other bad input.
 - DDP: Lightning's launcher starts ranks 1..N-1 of a job with ``ddp_child_command``: this job only, in its
@@ -43,8 +44,8 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
         if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
             flags += [arg] if "=" in arg else argv[i:i + 2]
     command = [sys.executable, "-m", "src.train", *flags, *hydra_cfg.overrides.task,
-               f"hydra.run.dir={quoted(hydra_cfg.runtime.output_dir)}", f"hydra.job.name=train_ddp_process_{local_rank}",
-               "hydra.output_subdir=null"]
+               f"hydra.run.dir={quoted(hydra_cfg.runtime.output_dir)}",
+               f"hydra.job.name=train_ddp_process_{local_rank}", "hydra.output_subdir=null"]
     return command, get_original_cwd()
 
 

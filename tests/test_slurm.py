@@ -4,6 +4,7 @@ Each event is run through `hydra/launcher=slurm` on digits and ends with every j
 metrics.json and history.csv equal to an uninterrupted local run of the same jobs (timings and
 resumed_at_epoch aside). Needs root (the cluster's daemons run here); the packages are installed if missing.
 """
+import getpass
 import itertools
 import json
 import os
@@ -48,6 +49,15 @@ def cluster():
         return
     start_cluster()
     yield "started"
+    stop_cluster()
+
+
+def stop_cluster() -> None:
+    """Once every job has left the node (a job step's slurmstepd outlives a slurmd stopped under it)."""
+    sh("scancel", "--user", getpass.getuser(), check=False)  # jobs a failed test left
+    end = time.time() + 120
+    while sh("squeue", "-h", check=False).strip() and time.time() < end:
+        time.sleep(1)
     subprocess.run([str(CLUSTER), "stop"], check=True)
 
 
@@ -143,7 +153,8 @@ def test_a_sweep_finishes_like_local_runs_and_its_rerun_submits_nothing(cluster,
     sweep = tmp_path / "sweep"
     code, log = finish(launch(sweep))
     assert code == 0, log
-    assert log.strip().splitlines()[-1] == "slurm: 2 jobs: 2 finished, 0 failed, 0 cancelled, 0 skipped (finished before)"
+    assert log.strip().splitlines()[-1] == \
+        "slurm: 2 jobs: 2 finished, 0 failed, 0 cancelled, 0 skipped (finished before)"
     assert_like(sweep, reference)
     assert not list(sweep.glob("*/.lock"))
     arrays = sorted(p.name for p in (sweep / ".submitit").iterdir())
@@ -267,7 +278,7 @@ def test_preemption_with_the_user_signal_requeues_and_resumes(cluster, reference
     """Last: it restarts the cluster with GraceTime and preempt_send_user_signal (SIGUSR2 first)."""
     if cluster == "existing":
         pytest.skip("needs the cluster this suite starts (it restarts it with GraceTime)")
-    subprocess.run([str(CLUSTER), "stop"], check=True)
+    stop_cluster()
     start_cluster(grace="20")
     sweep = tmp_path / "sweep"
     proc = launch(sweep)
@@ -292,7 +303,8 @@ def test_a_sweep_of_ddp_jobs_runs_one_task_per_rank_like_local_ddp(cluster, tmp_
     reference = tmp_path / "reference"
     for case in ("baseline", "case1"):
         name = f"case={case},seed=0,trainer.devices=2,trainer.max_epochs=2,trainer.strategy=ddp"
-        proc = train(f"case={case}", *DDP[1:], *COMMON, f"hydra.run.dir='{reference / name}'", log=tmp_path / f"{case}.log")
+        proc = train(f"case={case}", *DDP[1:], *COMMON, f"hydra.run.dir='{reference / name}'",
+                     log=tmp_path / f"{case}.log")
         assert proc.wait(timeout=600) == 0, proc.log.read_text()[-3000:]
     sweep = tmp_path / "sweep"
     code, log = finish(launch(sweep, jobs=DDP))
