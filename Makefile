@@ -26,7 +26,7 @@ test: venv  ## Run the fast test suite (what CI runs)
 test-all: venv  ## Run every test, the slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
-test-slurm: venv  ## The SLURM suite on a one-node cluster it starts here (apt-installs SLURM if missing; needs root; ~10 min)
+test-slurm: venv  ## The SLURM suite on a one-node cluster it starts here (apt-installs SLURM if missing; needs root; ~15 min)
 	$(PY) -m pytest -m slurm -q tests/test_slurm.py $(ARGS)
 
 bench: venv  ## Run the benchmarks (parity, data pipeline, default run, memory); prints JSON

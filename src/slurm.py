@@ -167,7 +167,7 @@ def wait(launcher, jobs: list[Job]) -> None:
 
 def summary(jobs: list[Job]) -> str:
     counts = Counter(job.outcome for job in jobs)
-    line = (f"slurm: {len(jobs)} jobs: {counts['finished']} finished, {counts['failed']} failed, "
+    line = (f"slurm: {len(jobs)} job{'' if len(jobs) == 1 else 's'}: {counts['finished']} finished, {counts['failed']} failed, "
             f"{counts['cancelled']} cancelled, {counts['skipped']} skipped (finished before)")
     if counts["locked"]:
         line += f", {counts['locked']} not run (another run writes their dir)"

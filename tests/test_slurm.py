@@ -207,7 +207,7 @@ def test_scancel_of_one_job_is_one_line_with_its_resume_command(cluster, referen
     resume = subprocess.run(shlex.split(line.split("; resume: ", 1)[1]), cwd=ROOT, env=ENV, capture_output=True,
                             text=True, timeout=600)
     assert resume.returncode == 0, resume.stderr[-3000:]
-    assert "slurm: 1 jobs: 1 finished" in resume.stderr
+    assert "slurm: 1 job: 1 finished" in resume.stderr
     records = assert_like(sweep, reference)
     assert records[target.name]["resumed_at_epoch"] >= 1
 
@@ -232,7 +232,7 @@ def test_the_same_sweep_twice_at_once_has_one_writer_per_run_dir(cluster, long_r
     code, log = finish(launch(sweep, jobs=LONG))
     assert code == 1 and "Traceback" not in log, log
     assert f"not submitted: {target}: being written by SLURM job {job} (host" in log
-    assert log.strip().splitlines()[-1].startswith("slurm: 1 jobs: 0 finished, 0 failed, 0 cancelled, 0 skipped "
+    assert log.strip().splitlines()[-1].startswith("slurm: 1 job: 0 finished, 0 failed, 0 cancelled, 0 skipped "
                                                    "(finished before), 1 not run")
     code, log = finish(first)
     assert code == 0, log
