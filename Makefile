@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-all bench report clean
+.PHONY: help venv train test test-all test-slurm bench report clean
 
 help:  ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ test: venv  ## Run the fast test suite (what CI runs)
 
 test-all: venv  ## Run every test, the slow ones included
 	$(PY) -m pytest -q $(ARGS)
+
+test-slurm: venv  ## The SLURM suite on a one-node cluster it starts here (apt-installs SLURM if missing; needs root; ~15 min)
+	$(PY) -m pytest -m slurm -q tests/test_slurm.py $(ARGS)
 
 bench: venv  ## Run the benchmarks (parity, data pipeline, default run, memory); prints JSON
 	$(PY) -m bench.parity $(ARGS)

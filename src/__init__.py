@@ -24,6 +24,21 @@ def _default_depth(dataset: str) -> int:
 OmegaConf.register_new_resolver("default_depth", _default_depth, replace=True)
 
 
+def _slurm_tasks(devices) -> int:
+    """The number of devices ``trainer.devices`` names (1 for "auto"): one SLURM task per device, as Lightning's
+    SLURM environment requires ``--ntasks-per-node`` to equal ``trainer.devices``."""
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, str):
+        parts = [p for p in devices.split(",") if p.strip()]
+        return int(parts[0]) if len(parts) == 1 and parts[0].strip().isdigit() else len(parts) if "," in devices else 1
+    return len(devices)  # a list of device indices
+
+
+# `${slurm_tasks:${trainer.devices}}` in conf/hydra/launcher/slurm*.yaml: tasks (and GPUs) per node.
+OmegaConf.register_new_resolver("slurm_tasks", _slurm_tasks, replace=True)
+
+
 # The typed schema (`base_config`, which conf/config.yaml extends) is in Hydra's ConfigStore as soon as anything
 # of `src` is imported, so `hydra.compose` works after any `import src...`, not only under `python -m src.train`.
 from src import config as _schema  # noqa: E402,F401

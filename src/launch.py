@@ -1,15 +1,19 @@
 """How ``python -m src.train`` is launched, beyond ``@hydra.main``.
 
-- ``run_job(train, cfg)``: one job in its Hydra run dir, on a quiet console (``src/console.py``), ending in its
-  summary line. A signal stops it resumably (``src/signals.py``; a single run's ``stopped:`` line gives the
-  command that resumes it); an error marks it ``failed``, and is one line: in a multirun the sweep goes on.
+- ``run_job(train, cfg)``: one job in its Hydra run dir, on a quiet console (``src/console.py``), holding its
+  lock (``src/lock.py``: a second writer refuses in one line and, in a multirun, returns ``status: locked``
+  without touching the dir), ending in its summary line. A signal stops it resumably (``src/signals.py``; a
+  single run's ``stopped:`` line gives the command that resumes it); an error marks it ``failed``, and is one
+  line: in a multirun the sweep goes on with the next job.
 - ``cli(main)``: what Hydra refuses before ``main`` runs (a value the schema refuses, a bad override, a run
   dir it cannot create) is one ``error:`` line and exit status 1, like every other bad input.
 - DDP: Lightning's launcher starts ranks 1..N-1 of a job with ``ddp_child_command``: this job only, in its
   run dir (Lightning's own re-runs ``sys.argv``, which in a multirun is the whole sweep).
 """
+import contextlib
 import logging
 import os
+import re
 import shlex
 import sys
 import warnings
@@ -27,6 +31,7 @@ from pytorch_lightning.strategies.launchers import subprocess_script
 from src.config import did_you_mean, schema_keys
 from src.errors import ConfigError, exit_code, user_error
 from src.console import python_command, quiet, shown, to_log_file
+from src.lock import RunLocked, run_lock
 from src.records import is_rank_zero, record_failure
 from src.signals import stop_on_signal
 from src.summary import summary_line
@@ -40,8 +45,8 @@ def ddp_child_command(local_rank: int) -> tuple[list[str], str]:
     included). This job's own overrides, its run dir, and no ``.hydra/`` copy: rank 0 wrote it."""
     hydra_cfg = HydraConfig.get()
     command = [sys.executable, "-m", "src.train", *config_flags(), *hydra_cfg.overrides.task,
-               f"hydra.run.dir={hydra_cfg.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
-               "hydra.output_subdir=null"]
+               f"hydra.run.dir={quoted(hydra_cfg.runtime.output_dir)}",
+               f"hydra.job.name=train_ddp_process_{local_rank}", "hydra.output_subdir=null"]
     return command, get_original_cwd()
 
 
@@ -52,6 +57,13 @@ def config_flags() -> list[str]:
         if arg.split("=")[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn"):
             flags += [arg] if "=" in arg else argv[i:i + 2]
     return flags
+
+
+def quoted(value: str) -> str:
+    """A value for Hydra's override grammar, quoted: a multirun's job dir holds '=' and ','."""
+    # Hydra unescapes backslashes only before a quote and at the end of a quoted string.
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
 
 
 subprocess_script._hydra_subprocess_cmd = ddp_child_command
@@ -98,6 +110,18 @@ def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if cfg.get("print_config"):
         log.info(OmegaConf.to_yaml(cfg, resolve=True).rstrip())
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_lock(run_dir))
+        except RunLocked as e:  # another run writes there: touch nothing (not even its record)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            if multirun:
+                return {"status": "locked", "error": str(e)}
+            sys.exit(1)
+        return _run_locked(train, cfg, run_dir, multirun)
+
+
+def _run_locked(train: Callable[..., dict], cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
     try:
         with stop_on_signal(run_dir, cfg, resume_hint(cfg, run_dir, multirun)) as guard:
             record = train(cfg, run_dir, callbacks=[guard.callback()])

@@ -19,8 +19,10 @@ GROUP_KEYS = frozenset({"seed", "case", "case.name", "dataset", "dataset.name", 
                         "model.depth", "method", "method.name", "method.position", "position"})
 # Keys that only say how or where to run, for runs without .hydra/hydra.yaml (which holds the real list,
 # hydra.job.config.override_dirname.exclude_keys): the list of conf/config.yaml when this was written.
-RUN_ONLY_FALLBACK = frozenset({"experiment", "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar",
+RUN_ONLY_FALLBACK = frozenset({"experiment", "trainer.accelerator", "trainer.enable_progress_bar",
                                "progress_refresh_rate", "dataset.data_dir", "dataset.download", "dataset.on_device"})
+# Keys that change results however a run's dir was named (older runs left trainer.devices out of it).
+RESULT_KEYS = frozenset({"trainer.devices", "trainer.num_nodes", "trainer.strategy"})
 # Config groups whose keys are only compared between runs of the same option (a DKS key is no setting of HAL).
 SCOPED_GROUPS = ("method", "case")
 
@@ -68,7 +70,7 @@ def run_only_keys(run_dir: Path) -> frozenset:
         keys = _read_yaml(path)["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"] if path.exists() else None
     except (ValueError, KeyError, TypeError):
         keys = None
-    return frozenset(str(k) for k in keys) if isinstance(keys, list) else RUN_ONLY_FALLBACK
+    return frozenset(str(k) for k in keys) - RESULT_KEYS if isinstance(keys, list) else RUN_ONLY_FALLBACK
 
 
 def override_settings(run: Run) -> list[str]:

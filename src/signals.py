@@ -17,11 +17,15 @@ through Lightning's SIGTERM path (so DDP ranks agree on where to stop); outside 
 ``RunInterrupted`` at once; ``StopAtPassEnd`` catches the one Lightning drops (the last evaluation
 batch). The run's record then says ``interrupted``, stderr gets one line, and the exit code is
 128 + the signal number (143 for SIGTERM, 130 for SIGINT), which also ends a Hydra multirun.
-A second signal stops at once.
+A second signal stops at once. Under SLURM, when the stop is SLURM requeueing the job, the line says so
+instead of asking to re-run the command.
 """
 import contextlib
 import logging
+import os
+import re
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,8 +103,25 @@ class StopAtPassEnd(pl.Callback):
 RERUN = "re-run the same command to resume"
 
 
+def slurm_requeues() -> bool:
+    """Whether SLURM is requeueing this job (``scontrol requeue``, preemption, submitit's requeue on SIGUSR2):
+    its restart count in ``scontrol`` is then already above the ``SLURM_RESTART_COUNT`` it started with."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None:
+        return False
+    try:
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True,
+                               timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    restarts = re.search(r"\bRestarts=(\d+)", shown)
+    return restarts is not None and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT", 0))
+
+
 def stopped_line(run_dir: Path, signum: int, resume: str = RERUN) -> str:
-    return f"stopped: {run_dir}: {signal.Signals(signum).name}; {resume}"
+    """``resume``: how to go on; when SLURM requeues the job itself, that it resumes by itself instead."""
+    then = "SLURM requeues the job: it resumes by itself" if slurm_requeues() else resume
+    return f"stopped: {run_dir}: {signal.Signals(signum).name}; {then}"
 
 
 def record_interrupted(run_dir: Path, signum: int, cfg: DictConfig) -> dict:

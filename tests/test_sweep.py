@@ -71,12 +71,12 @@ def test_slurm_launcher_composes_with_partition_gpus_and_time():
     cfg = compose_with_hydra(["experiment=table2_cifar10", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
                               "hydra.launcher.gpus_per_node=2", "hydra.launcher.timeout_min=90"])
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.hal_slurm_launcher.launcher.HALSlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 2, 90)
     assert launcher.submitit_folder == "outputs/sweeps/table2_cifar10/.submitit/%j"
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+    from hydra_plugins.hal_slurm_launcher.launcher import HALSlurmLauncher
 
-    SlurmLauncher(**{k: v for k, v in launcher.items() if k != "_target_"})  # every key is a real option
+    HALSlurmLauncher(**{k: v for k, v in launcher.items() if k != "_target_"})  # every key is a real option
 
 
 class CrashInEpoch(pl.Callback):

@@ -1,0 +1,1 @@
+"""The project's Hydra launcher plugin for SLURM (``hydra/launcher=slurm``, conf/hydra/launcher/)."""
