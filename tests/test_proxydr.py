@@ -115,8 +115,8 @@ def test_fixed_scale_never_moves_and_bad_distance_is_an_error():
 def test_euclidean_logits_stay_finite_where_rounding_puts_cos_above_one():
     from src.models.proxydr import proxy_logits, scale_residual
 
-    cos = torch.tensor([[1.0000001, 0.5]])  # float32 rounding of a unit vector with itself
+    cos = torch.tensor([[1.0000001, 0.5]])  # hand-derived: float32 rounding of a unit vector with itself
     assert torch.isfinite(proxy_logits(cos, 10.0, "euc")).all()
     assert proxy_logits(cos, 10.0, "euc")[0, 0].item() == pytest.approx(-10.0 * np.log(1e-12) / 2, rel=1e-6)
-    assert torch.isfinite(scale_residual(torch.tensor(0.0), torch.tensor([[0.5, 1.0000001]]), torch.tensor([0]),
+    assert torch.isfinite(scale_residual(torch.tensor(0.0), torch.tensor([[0.5, 1.0000001]]), torch.tensor([0]),  # hand-derived
                                          "euc"))
