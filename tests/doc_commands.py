@@ -122,7 +122,12 @@ def parse_command(text: str) -> Optional[tuple[str, list[str], tuple[str, ...]]]
     """(program, args, needs) of one shell command, or None when it runs neither ``-m src.…`` nor make."""
     marker = _MARKER.search(text)
     needs = tuple(n.strip() for n in marker.group(1).split(",")) if marker else ()
-    words = shlex.split(text.removeprefix("$ "), comments=True)
+    try:
+        words = shlex.split(text.removeprefix("$ "), comments=True)
+    except ValueError:  # output in a code block ("... a job's metrics.json"): not a command, unless it runs one
+        if re.search(r"(^|\s)(make|\S*python\S*\s+-m\s+src\.)", text):
+            raise
+        return None
     while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):  # OMP_NUM_THREADS=1 python ...
         words.pop(0)
     if words[:1] == ["make"]:
