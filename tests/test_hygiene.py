@@ -28,7 +28,7 @@ def long_floats(source: str) -> list[tuple[int, str]]:
 
 
 def test_the_guard_finds_long_floats_and_honours_the_mark():
-    assert long_floats("x = 11.11111068725586\ny = 0.5\nz = 1e-6\n") == [(1, "11.11111068725586")]
+    assert long_floats("x = 11.11111068725586\ny = 0.5\nz = 1e-6\n") == [(1, "11.11111068725586")]  # hand-written example
     assert long_floats("x = 0.3477937  # hand-derived: 1 - 6·(Σd²)/(n³ - n)\n") == []
     assert long_floats("x = 1_000_003\ny = 123.4567\n") == [(2, "123.4567")]
     assert significant_digits("0.000123") == 3 and significant_digits("2.5e-10") == 2
