@@ -21,7 +21,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import src.config  # noqa: F401  the resolvers and schema the saved config uses
 from src.callbacks import TestProtocols
 from src.config import did_you_mean
 from src.console import quiet, shown
