@@ -15,12 +15,12 @@ OmegaConf.register_new_resolver("if_cuda", lambda accelerator, a, b: a if _on_cu
 
 
 def _default_depth(dataset: str) -> int:
-    from src.paper import default_depth
+    from src.report.paper import default_depth
 
     return default_depth(dataset)
 
 
-# `${default_depth:${dataset.name}}` in conf/config.yaml: the paper's depth for the dataset (src/paper.py).
+# `${default_depth:${dataset.name}}` in conf/config.yaml: the paper's depth for the dataset (src/report/paper.py).
 OmegaConf.register_new_resolver("default_depth", _default_depth, replace=True)
 
 
@@ -41,4 +41,4 @@ OmegaConf.register_new_resolver("slurm_tasks", _slurm_tasks, replace=True)
 
 # The typed schema (`base_config`, which conf/config.yaml extends) is in Hydra's ConfigStore as soon as anything
 # of `src` is imported, so `hydra.compose` works after any `import src...`, not only under `python -m src.train`.
-from src import config as _schema  # noqa: E402,F401
+from src.run import config as _schema  # noqa: E402,F401

@@ -11,7 +11,7 @@ test set), in two ways:
 Each result is written as a YAML mapping that trains directly (``case=custom case.file=PATH``), and
 compared with every Table 1 case by the adjusted Rand index.
 
-Every run leaves what this needs in ``RUN_DIR/hierarchy.npz`` (``src.callbacks.DiscoveryInputs``).
+Every run leaves what this needs in ``RUN_DIR/hierarchy.npz`` (``src.evaluation.callbacks.DiscoveryInputs``).
 """
 import argparse
 import shlex
@@ -28,9 +28,9 @@ from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import adjusted_rand_score
 
 from src.data.superclasses import superclass_table
-from src.paper import CASES, PAPER_CASES
-from src.console import python_command
-from src.errors import UserError, exit_code
+from src.data.superclasses import CASES, PAPER_CASES
+from src.run.console import python_command
+from src.run.errors import UserError, exit_code
 
 FILE = "hierarchy.npz"
 METHODS = ("confusion", "vectors")
@@ -45,7 +45,7 @@ NO_VALIDATION = ("has no validation predictions (dataset.val_size=0); the confus
                  "only, never the test set")
 
 
-# --- what a run leaves behind (src.callbacks.DiscoveryInputs writes it) -----------------------------
+# --- what a run leaves behind (src.evaluation.callbacks.DiscoveryInputs writes it) -----------------------------
 
 def load_discovery_inputs(run_dir: Path) -> dict:
     path = Path(run_dir) / FILE

@@ -21,14 +21,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from src.callbacks import TestProtocols
-from src.config import did_you_mean
-from src.console import quiet, shown
-from src.errors import UserError, exit_code
-from src.flops import train_flops_per_image
-from src.records import METRICS, git_commit, read_record, write_json
-from src.resume import LAST_CHECKPOINT
-from src.summary import test_errors
+from src.evaluation.callbacks import TestProtocols
+from src.run.config import did_you_mean
+from src.run.console import quiet, shown
+from src.run.errors import UserError, exit_code
+from src.evaluation.flops import train_flops_per_image
+from src.run.records import METRICS, git_commit, read_record, write_json
+from src.run.resume import LAST_CHECKPOINT
+from src.run.summary import test_errors
 from src.train import build, trainer_arguments
 
 EVAL = "eval.json"

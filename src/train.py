@@ -13,18 +13,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols, Throughput
-from src.config import check_config
-from src.console import EpochLines, progress_bar
+from src.evaluation.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols, Throughput
+from src.run.config import check_config
+from src.run.console import EpochLines, progress_bar
 from src.data.superclasses import dataset_cases, evaluation_tree, resolve_case
-from src.errors import ConfigError
-from src import launch
-from src.evaluation import evaluation_options, masked_tables
-from src.flops import TrainingFlops
-from src.module import HALModule
-from src.probes import StageProbes
-from src.records import git_commit, write_json
-from src.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
+from src.run.errors import ConfigError
+from src.run import launch
+from src.evaluation.protocols import evaluation_options, masked_tables
+from src.evaluation.flops import TrainingFlops
+from src.models.module import HALModule
+from src.evaluation.probes import StageProbes
+from src.run.records import git_commit, write_json
+from src.run.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
 
 
 

@@ -1,6 +1,6 @@
 """Real multi-process DDP on the CPU (gloo): one job on two ranks, through `python -m src.train`.
 
-That each rank's batches are disjoint and together cover the epoch is unit-tested in tests/test_pipeline.py
+That each rank's batches are disjoint and together cover the epoch is unit-tested in tests/data/test_pipeline.py
 (test_training_shards_are_disjoint_cover_the_epoch_and_have_equal_steps, test_evaluation_shards_count_every_
 sample_exactly_once); here the whole run: half the steps, one set of files, metrics over the whole test set.
 """

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from helpers import FAST, compose_cfg
-from src.console import python_command
+from src.run.console import python_command
 from src.data.superclasses import resolve_case, superclass_table
-from src.paper import CASES
+from src.data.superclasses import CASES
 from src.discover import (
     DiscoveryError, agreement, canonical, cluster, confusion_distances, discover, load_discovery_inputs, main,
     train_command, vector_distances)
-from src.evaluation import candidate_logits, inferred_scores
+from src.evaluation.protocols import candidate_logits, inferred_scores
 
 # Three interleaved blocks: {0, 4, 7}, {1, 2}, {3, 5, 6, 8}.
 BLOCKS = [0, 1, 1, 2, 0, 2, 2, 0, 2]

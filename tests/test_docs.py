@@ -25,9 +25,9 @@ from omegaconf import OmegaConf
 from doc_commands import (NEEDS, ROOT, DocCommand, anchors, broken_links, collect, compose_train, doc_files,
                           github_anchor, parse_command)
 from helpers import FAST, compose_cfg
-from src.config import check_config
-from src.errors import ConfigError
-from test_report import write_run
+from src.run.config import check_config
+from src.run.errors import ConfigError
+from helpers import write_run
 
 COMMANDS = collect()
 RUN = "outputs/runs/fixture_run"

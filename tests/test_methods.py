@@ -6,12 +6,12 @@ import torch.nn.functional as F
 from bench.parity import StepLosses, raw_loop
 from helpers import FAST, HandScore, compose_cfg
 from src.data.superclasses import dataset_cases, resolve_case, superclass_table
-from src.evaluation import masked_scores, masked_tables
+from src.evaluation.protocols import masked_scores, masked_tables
 from src.models import PreActResNet
 from src.models.dks import DKS, HALDKS
 from src.models.heads import HALHeads, SuperclassHeads
 from src.models.proxydr import ProxyDR
-from src.paper import CASES
+from src.data.superclasses import CASES
 from src.train import train
 
 STEPS = 8
@@ -103,7 +103,7 @@ def test_every_method_trains_and_writes_its_fields(run_train, method, case, fiel
 
 
 def test_a_method_that_needs_superclasses_refuses_the_baseline(run_train):
-    from src.errors import ConfigError
+    from src.run.errors import ConfigError
 
     with pytest.raises(ConfigError, match="method=hal_dks needs superclasses"):
         run_train("method=hal_dks", "case=baseline")

@@ -7,8 +7,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from helpers import CONF, FAST, compose_cfg
-from src.resume import finished_record
-from src.summary import sweep_summary
+from src.run.resume import finished_record
+from src.run.summary import sweep_summary
 
 PRESETS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
 SEEDS = ["0", "1", "2", "3", "4"]

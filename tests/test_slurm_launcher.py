@@ -14,10 +14,10 @@ import yaml
 from omegaconf import OmegaConf
 
 from src import _slurm_tasks
-from src.lock import LOCK, RunLocked, describe, me, run_lock
-from src.runs import group_runs, load_runs
-from src.signals import stopped_line
-from src.slurm import Job, resume_command, summary
+from src.run.lock import LOCK, RunLocked, describe, me, run_lock
+from src.report.runs import group_runs, load_runs
+from src.run.signals import stopped_line
+from src.run.slurm import Job, resume_command, summary
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_sweep import compose_with_hydra  # noqa: E402
@@ -149,6 +149,6 @@ def test_finished_and_locked_jobs_are_not_submitted(tmp_path):
 def test_a_ddp_rank_gets_its_multirun_job_dir_whole(value):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from src.launch import quoted
+    from src.run.launch import quoted
 
     assert OverridesParser.create().parse_override(f"hydra.run.dir={quoted(value)}").value() == value

@@ -185,8 +185,8 @@ def _records(sweep_dir: Path) -> dict[str, dict]:
 
 
 def test_sweep_is_killed_resumed_skipped_and_reported(tmp_path, capsys):
-    from src.report import group_runs, load_runs, table_rows
-    from src.report import main as report_main
+    from src.report.tables import group_runs, load_runs, table_rows
+    from src.report.tables import main as report_main
 
     sweep = tmp_path / "sweep"
     # 1. Kill the sweep (SIGKILL) once its third job has saved the checkpoint of epoch 0 of 2.

@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 
 from helpers import CONF, HandScore, compose_cfg
-from src.paper import default_depth
+from src.report.paper import default_depth
 
 DATASETS = sorted(p.stem for p in Path(CONF, "dataset").glob("*.yaml") if p.stem != "base")
 CASES = ["baseline", "case1", "case2", "case3", "case4"]
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("dataset, case", [(d, c) for d in DATASETS
                                            for c in (["baseline", "custom"] if d == "folder" else CASES)])
 def test_every_dataset_case_composes_and_instantiates(dataset, case):
-    from src.config import check_config
+    from src.run.config import check_config
 
     cfg = compose_cfg([f"dataset={dataset}", f"case={case}"])
     check_config(cfg)
@@ -33,7 +33,7 @@ def test_every_dataset_case_composes_and_instantiates(dataset, case):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_method_composes_on_every_dataset_and_instantiates(dataset, method):
-    from src.config import check_config
+    from src.run.config import check_config
 
     cfg = compose_cfg([f"dataset={dataset}", f"method={method}"] + (["case=custom"] if dataset == "folder" else []))
     check_config(cfg)
@@ -43,7 +43,7 @@ def test_every_method_composes_on_every_dataset_and_instantiates(dataset, method
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_passes_the_checks(experiment):
-    from src.config import check_config
+    from src.run.config import check_config
 
     check_config(compose_cfg([f"experiment={experiment}"]))
 
@@ -88,7 +88,7 @@ def test_same_seed_gives_equal_metrics(run_train, tmp_path):
 
 
 def test_diverging_loss_is_a_one_line_divergence_error(run_train):
-    from src.errors import DivergenceError
+    from src.run.errors import DivergenceError
 
     with pytest.raises(DivergenceError, match="^training loss became non-finite in epoch 0; lower optimizer.lr"):
         run_train("optimizer.lr=1e6", "trainer.gradient_clip_val=null", "trainer.max_epochs=3")

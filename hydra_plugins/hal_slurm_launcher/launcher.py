@@ -1,4 +1,4 @@
-"""``HALSlurmLauncher``: hydra-submitit-launcher's SLURM launcher with the launch of ``src/slurm.py``
+"""``HALSlurmLauncher``: hydra-submitit-launcher's SLURM launcher with the launch of ``src/run/slurm.py``
 (finished jobs skipped before submission, one line per job that does not finish, a summary, an exit status).
 
 Hydra instantiates launchers only from the ``hydra_plugins`` namespace package, and imports every module there
@@ -13,6 +13,6 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 
 class HALSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from src.slurm import launch
+        from src.run.slurm import launch
 
         return launch(self, job_overrides, initial_job_idx)

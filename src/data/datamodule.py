@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 import torch
 
 from src.data.pipeline import TensorLoader, augment, channel_stats, normalize
-from src.errors import UserError
-from src.tree import ClassTree
+from src.run.errors import UserError
+from src.data.tree import ClassTree
 
 
 class DataConfigError(UserError, ValueError):

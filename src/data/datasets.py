@@ -15,8 +15,8 @@ from torchvision.datasets.utils import check_integrity
 
 from src.data.datamodule import InMemoryDataModule
 from src.data.superclasses import cifar100_tree
-from src.errors import DataMissingError
-from src.tree import ClassTree
+from src.run.errors import DataMissingError
+from src.data.tree import ClassTree
 
 
 class DigitsDataModule(InMemoryDataModule):

@@ -14,7 +14,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2.functional import resize
 
 from src.data.datamodule import InMemoryDataModule
-from src.errors import UserError
+from src.run.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -2,7 +2,7 @@
 
 A table is a list ``t`` with ``t[class] = superclass``. Every class is in exactly one superclass and
 superclass indices are 0..s-1 with none empty; ``validate_table`` enforces this. A case (``conf/case/``) names a
-class tree (``src.tree``) and the level of it that HAL's block is fed: ``dataset_cases`` lists the cases of a
+class tree (``src.data.tree``) and the level of it that HAL's block is fed: ``dataset_cases`` lists the cases of a
 dataset, ``resolve_case`` turns the ``case`` config into one, ``evaluation_tree`` the ``eval.hierarchy`` option.
 ``build()`` calls each once and hands the objects down.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from src.paper import CASES, PAPER_CASES
-from src.tree import ClassTree, Level, TreeError
+from src.data.superclasses import CASES, PAPER_CASES
+from src.data.tree import ClassTree, Level, TreeError
 
 CIFAR100_LEVELS = Path(__file__).with_name("cifar100_levels.csv")  # HAF's and HAFrame's tree: fine -> 20 -> 8 -> 4 -> 2
 

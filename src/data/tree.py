@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from src.errors import UserError
+from src.run.errors import UserError
 
 CLASS_LEVEL = "class"  # the name of the leaves in ``level_accuracy`` and ``metrics.json`` (``level_acc``)
 

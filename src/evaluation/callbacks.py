@@ -2,13 +2,13 @@
 
 - ``PerEpochTestLoss``: test loss/error per epoch for the paper's loss figures, logged as ``curve/*``.
 - ``AuxiliaryScores``: ``aux_scores.npz``, the auxiliary score of every training image (Figs 3/5/7).
-- ``TestProtocols``: the test confusions of every protocol (``src.evaluation``), the hierarchy and mistake
-  metrics of ``metrics.json`` (``src.hierarchy``, ``src.mistakes``) and ``confusion.png``.
+- ``TestProtocols``: the test confusions of every protocol (``src.evaluation.protocols``), the hierarchy and mistake
+  metrics of ``metrics.json`` (``src.evaluation.hierarchy``, ``src.evaluation.mistakes``) and ``confusion.png``.
 - ``DiscoveryInputs``: ``hierarchy.npz``, the validation confusion and the class vectors that
   ``python -m src.discover`` clusters.
 
 None of them changes weights, BatchNorm statistics or random state, and nothing they compute feeds back into
-training or model selection. A callback's ``record`` (a dict) is added to the run's ``metrics.json``. The callbacks of resuming are in ``src/resume.py``.
+training or model selection. A callback's ``record`` (a dict) is added to the run's ``metrics.json``. The callbacks of resuming are in ``src/run/resume.py``.
 """
 import contextlib
 import time
@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from src.data.pipeline import normalize
 from src.data.superclasses import Case
-from src.evaluation import PROTOCOLS, confusion_figure, error, evaluation_record, masked_scores, protocol_scores
-from src.mistakes import mistake_record
-from src.records import write_atomic
-from src.tree import ClassTree
+from src.evaluation.protocols import PROTOCOLS, confusion_figure, error, evaluation_record, masked_scores, protocol_scores
+from src.evaluation.mistakes import mistake_record
+from src.run.records import write_atomic
+from src.data.tree import ClassTree
 
 
 @contextlib.contextmanager
@@ -138,7 +138,7 @@ class TestProtocols(pl.Callback):
 
     ``case`` is the run's case (None: the baseline); its table feeds the inferred protocol and, else the finest
     level of ``hierarchy``, the superclass metrics. ``hierarchy`` is the tree every run is scored against
-    (``eval.hierarchy``): the mistake metrics of ``src.mistakes`` on the ``metrics_protocol`` scores, and the
+    (``eval.hierarchy``): the mistake metrics of ``src.evaluation.mistakes`` on the ``metrics_protocol`` scores, and the
     ProxyDR metrics of the class vectors. The shuffled protocol's wrong superclasses are drawn per batch from
     ``shuffle_seed``: they do not depend on the run seed or the device.
     """

@@ -3,7 +3,7 @@ hjk92g/ProxyDR) computes them: do the class representatives (classifier rows or 
 themselves like the class tree?
 
 - Tree distance d_T(a, b): the number of edges on the path between a and b (the code's ``calc_dist``), 2·h(a, b)
-  with h the LCA height of ``src.tree``.
+  with h the LCA height of ``src.data.tree``.
 - Learned distance d(a, b) between the normalised representatives ŵ = w/‖w‖, in the model's own metric (the
   code's ``--distance``): ``euc``, ‖ŵ_a − ŵ_b‖ = √(2 − 2 ŵ_a·ŵ_b), or ``arccos``, arccos(ŵ_a·ŵ_b).
 - ``hierarchy_mean_corr``: the code's ``corr_from_DMs(d, d_T, classwise=True)``, Spearman correlations of whole
@@ -21,7 +21,7 @@ from typing import Optional, Union
 import numpy as np
 from scipy.stats import spearmanr
 
-from src.tree import ClassTree, as_tree
+from src.data.tree import ClassTree, as_tree
 
 Tree = Optional[Union[ClassTree, list, tuple]]  # a ClassTree, or a class -> superclass table (a two-level tree)
 

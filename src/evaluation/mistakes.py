@@ -1,7 +1,7 @@
 """How bad the mistakes are, against a class tree (docs/hierarchy.md, "Hierarchy metrics").
 
 The field's metrics (Making Better Mistakes, Bertinetto et al. 2020, GitHub fiveai/making-better-mistakes; CRM,
-Karthik et al. 2021, GitHub sgk98/CRM-Better-Mistakes), with h(a, b) the LCA height of ``src.tree`` (their
+Karthik et al. 2021, GitHub sgk98/CRM-Better-Mistakes), with h(a, b) the LCA height of ``src.data.tree`` (their
 "ilsvrc" distance; leaves 0, in tree levels)::
 
     mistake severity   = mean over the mistakes (ŷ ≠ y) of h(ŷ, y)
@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from src.tree import CLASS_LEVEL, ClassTree
+from src.data.tree import CLASS_LEVEL, ClassTree
 
 KS = (1, 5, 20)
 ECE_BINS = 15

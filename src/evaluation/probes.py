@@ -7,7 +7,7 @@ closed-form ridge classifiers on the globally average-pooled output map of each 
 
     probe/stage{k}_superclass_acc, probe/stage{k}_class_acc     (accuracy in %)
 
-Like the callbacks of ``src/callbacks.py`` it is an eval-mode, no-grad pass that changes no weight, no
+Like the callbacks of ``src/evaluation/callbacks.py`` it is an eval-mode, no-grad pass that changes no weight, no
 BatchNorm statistic and no random state, and nothing it computes feeds back into training.
 """
 import logging
@@ -17,7 +17,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
-from src.callbacks import eval_batches
+from src.evaluation.callbacks import eval_batches
 
 log = logging.getLogger(__name__)
 

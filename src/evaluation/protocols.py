@@ -11,8 +11,8 @@ Protocols, i.e. what is fed as x* at test time:
   the same hint given to a network without the block (per Table 1 case for the baseline).
 
 The superclass metrics are functions of a confusion matrix ``C[true, predicted]`` and a class ->
-superclass table ``t``; the ProxyDR metrics (``src.hierarchy``) and the mistake metrics (``src.mistakes``) take a
-class tree (``src.tree``). Plain torch / numpy / scipy, no Lightning: the module calls these in its test
+superclass table ``t``; the ProxyDR metrics (``src.evaluation.hierarchy``) and the mistake metrics (``src.evaluation.mistakes``) take a
+class tree (``src.data.tree``). Plain torch / numpy / scipy, no Lightning: the module calls these in its test
 hooks, the tests call them directly.
 """
 from collections.abc import Mapping, Sequence
@@ -26,9 +26,9 @@ from scipy.spatial.distance import pdist, squareform
 from scipy.stats import spearmanr
 
 from src.data.superclasses import Case
-from src.errors import UserError
-from src.hierarchy import hierarchy_mean_corr, hierarchy_rf
-from src.tree import ClassTree, as_tree
+from src.run.errors import UserError
+from src.evaluation.hierarchy import hierarchy_mean_corr, hierarchy_rf
+from src.data.tree import ClassTree, as_tree
 
 
 PROTOCOLS = ("oracle", "inferred", "shuffled")
@@ -201,7 +201,7 @@ def evaluation_record(
     """The evaluation fields of ``metrics.json`` from one test confusion matrix per protocol (None: not run).
 
     ``table`` is the class -> superclass table of the superclass metrics; ``tree`` the tree of the ProxyDR
-    metrics (``src.hierarchy``), whose learned distances are in the model's own metric ``distance``.
+    metrics (``src.evaluation.hierarchy``), whose learned distances are in the model's own metric ``distance``.
     """
     record = {f"test_error_{p}": None if confusions.get(p) is None else error(confusions[p]) for p in PROTOCOLS}
     record.update(hierarchy_metrics(confusions.get(metrics_protocol), table))

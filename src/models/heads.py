@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.errors import ConfigError
+from src.run.errors import ConfigError
 from src.models.method import Method, NetOutput
 from src.models.resnet import STAGES, he_init
 

@@ -4,7 +4,7 @@ The superclass x* is the one-hot of the batch's superclass index, fed to the aux
 network has one (the paper's "oracle" protocol: the true superclass, in training and in ``test_error``).
 What the network computes and what it is trained on come from the method (src/models/method.py); the
 extra evaluation passes (test protocols, test curve, scores for figures and discovery) are callbacks
-(src/callbacks.py).
+(src/evaluation/callbacks.py).
 """
 from collections.abc import Callable
 from typing import Optional
@@ -16,7 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.errors import check_divergence
+from src.run.errors import check_divergence
 from src.models.method import Method, NetOutput
 
 STAGES = ("train", "val", "test")

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from scipy.optimize import fsolve
 from torch import nn
 
-from src.errors import ConfigError
+from src.run.errors import ConfigError
 from src.models.method import Method, NetOutput
 
 DISTANCES = ("euc", "arccos")

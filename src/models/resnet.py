@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from src.errors import ConfigError
+from src.run.errors import ConfigError
 from src.models.auxiliary import AuxiliaryBlock
 from src.models.method import NetOutput
 

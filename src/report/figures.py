@@ -4,7 +4,7 @@ Figs 2/4/6: train and test (or validation) loss per epoch, baseline against each
 seeds, from each run's ``history.csv``. Figs 3/5/7: the auxiliary score of every training image at the
 end of training, grouped by superclass, from ``aux_scores.npz``. Beyond the paper: accuracy of the linear
 probes fitted after every epoch (``probe/stage{k}_*`` columns of ``history.csv``), and every row's Δ and fair Δ
-with their 95 % intervals (``deltas_*``, from the report's rows). A group is ``src.runs.Group``.
+with their 95 % intervals (``deltas_*``, from the report's rows). A group is ``src.report.runs.Group``.
 """
 import csv
 import math
@@ -21,9 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from src.paper import PAPER_FIGURES  # noqa: E402
-from src.runs import CASE_ORDER, Group, order_key  # noqa: E402
-from src.report_tb import write_hparams  # noqa: E402
+from src.report.paper import PAPER_FIGURES  # noqa: E402
+from src.report.runs import CASE_ORDER, Group, order_key  # noqa: E402
+from src.report.tensorboard import write_hparams  # noqa: E402
 
 PROBE_STAGES = (1, 2, 3)
 

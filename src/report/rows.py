@@ -2,16 +2,16 @@
 
 Per group: the test error's mean, sample std and 95 % t-interval over seeds; Δ vs the baseline and fair Δ
 (the oracle error minus the baseline's masked error of the same case), each paired by seed where both sides
-have the same seeds and by Welch's test otherwise (``src.stats``); a verdict per Δ after Holm's correction
-across the rows of the table; the mean ± std of every other measure of the runs (``src.runs.measures``).
+have the same seeds and by Welch's test otherwise (``src.report.stats``); a verdict per Δ after Holm's correction
+across the rows of the table; the mean ± std of every other measure of the runs (``src.report.runs.measures``).
 """
 import math
 from dataclasses import dataclass
 from typing import Optional
 
-from src.paper import PAPER_TABLE2
-from src.runs import DEFAULT_POSITION, Group, natural
-from src.stats import Comparison, compare, holm, seeds_needed, t_interval, verdict
+from src.report.paper import PAPER_TABLE2
+from src.report.runs import DEFAULT_POSITION, Group, natural
+from src.report.stats import Comparison, compare, holm, seeds_needed, t_interval, verdict
 
 EXPECTED_SEEDS = 5
 ALPHA = 0.05
@@ -150,7 +150,7 @@ def table_rows(groups: list[Group], alpha: float = ALPHA) -> list[dict]:
 
 def add_verdicts(rows: list[dict], compared: list[tuple], alpha: float) -> None:
     """Holm across the rows, separately for Δ and for fair Δ; for ``no evidence``, the seeds a paired test
-    would need for 80 % power at the observed difference and sd (``src.stats.seeds_needed``)."""
+    would need for 80 % power at the observed difference and sd (``src.report.stats.seeds_needed``)."""
     for k, (prefix, short) in enumerate(DELTAS):
         adjusted = holm([c[k].p if c[k] else None for c in compared])
         for row, c, p in zip(rows, compared, adjusted):

@@ -1,10 +1,10 @@
-"""Sweep dirs -> runs -> groups of runs, shared by ``src.report`` (tables) and ``src.figures``.
+"""Sweep dirs -> runs -> groups of runs, shared by ``src.report`` (tables) and ``src.report.figures``.
 
 Every ``metrics.json`` under a sweep dir is one run; an ``eval.json`` beside it (``python -m src.eval``) replaces
 its metric fields (``status`` stays the one of ``metrics.json``). A run's measures are its numeric fields,
 flattened (``measures``); settings and tables in a record (the class -> superclass table, ``eval_hierarchy``,
 seed lists) are never measures. Runs are grouped by dataset × depth × settings × method ×
-position × case; "settings" (``src.settings``) are the values of the composed config (``.hydra/config.yaml``) in which the runs of
+position × case; "settings" (``src.report.settings``) are the values of the composed config (``.hydra/config.yaml``) in which the runs of
 a dataset and depth differ, so that runs made with different settings are never averaged together. A run whose
 files cannot be read is kept with its ``problem`` (listed, never counted) rather than refusing the sweep.
 """
@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from src.errors import UserError
-from src.paper import CASES, PAPER_DEPTH, PAPER_TABLE2
-from src.settings import GROUP_KEYS, RUN_ONLY_FALLBACK, assign_settings, run_config, run_only_keys  # noqa: F401 (API)
+from src.run.errors import UserError
+from src.report.paper import CASES, PAPER_DEPTH, PAPER_TABLE2
+from src.report.settings import GROUP_KEYS, RUN_ONLY_FALLBACK, assign_settings, run_config, run_only_keys  # noqa: F401 (API)
 
 CASE_ORDER = ["baseline", *CASES, "custom"]
 DATASET_ORDER = ["mnist", "svhn", "cifar10"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import yaml
 
 if TYPE_CHECKING:
-    from src.runs import Run
+    from src.report.runs import Run
 
 # The group keys themselves (config keys and command-line overrides): never part of a group's "settings".
 GROUP_KEYS = frozenset({"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth",

@@ -1,11 +1,11 @@
-"""Sweep dirs -> the paper's Table 2 (``table.md``, ``table.csv``) and Figures 2-7 (``src.figures``).
+"""Sweep dirs -> the paper's Table 2 (``table.md``, ``table.csv``) and Figures 2-7 (``src.report.figures``).
 
     python -m src.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--alpha 0.05]
 
-Every ``metrics.json`` under the given dirs is one run; ``src.runs`` groups them by dataset × depth × settings
+Every ``metrics.json`` under the given dirs is one run; ``src.report.runs`` groups them by dataset × depth × settings
 × method × position × case. Only runs whose status is ``finished`` count; failed, unfinished (still running,
 or killed) and unreadable ones are listed and flagged. Mean ± std are over seeds, with the sample standard
-deviation (ddof=1); every Δ has its 95 % t-interval, p-value and verdict (``src.rows``, ``src.stats``). With
+deviation (ddof=1); every Δ has its 95 % t-interval, p-value and verdict (``src.report.rows``, ``src.report.stats``). With
 methods other than the paper's HAL (or the block at another stage) the table gains the columns that compare
 them fairly (``METHOD_NOTES``). docs/report.md explains every column.
 """
@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from src.errors import exit_code
-from src.figures import write_figures
-from src.paper import PAPER_DEPTH
-from src.rows import ALPHA, COLUMNS, EXPECTED_SEEDS, table_rows
-from src.runs import DEFAULT_POSITION, Group, ReportError, Run, group_runs, load_runs  # noqa: F401 (API)
+from src.run.errors import exit_code
+from src.report.figures import write_figures
+from src.report.paper import PAPER_DEPTH
+from src.report.rows import ALPHA, COLUMNS, EXPECTED_SEEDS, table_rows
+from src.report.runs import DEFAULT_POSITION, Group, ReportError, Run, group_runs, load_runs  # noqa: F401 (API)
 
 METHOD_NOTES = [
     "method, position, case: the method (hal = the paper's auxiliary block, or the plain network with case "

@@ -1,7 +1,7 @@
 """The report's HPARAMS tab: one entry per counted run, in ``<out>/tb/runs/<run>``.
 
 Each entry shows only the settings that vary between the counted runs (dataset, depth, method, position, case,
-seed and the config keys of ``src.runs`` "settings") and every measure of the run (``src.runs.measures``:
+seed and the config keys of ``src.report.runs`` "settings") and every measure of the run (``src.report.runs.measures``:
 oracle, inferred and masked errors, hierarchy metrics, costs, ...), plus the run's own Δ vs baseline and fair Δ:
 against the baseline's run of the same seed, or the baseline's mean where it has no such seed.
 """
@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from src.rows import baseline_of, baselines
-from src.runs import Group, Run
+from src.report.rows import baseline_of, baselines
+from src.report.runs import Group, Run
 
 DESCRIBED_BY = ("dataset", "depth", "method", "position", "case", "seed")
 

@@ -16,7 +16,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from src.errors import ConfigError
+from src.run.errors import ConfigError
 
 # (key, test, what it must be): the first that fails is reported.
 RULES = (

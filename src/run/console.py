@@ -31,7 +31,7 @@ NOISE = (
     (r"Checkpoint directory .* exists and is not empty", "a resumed run writes into its own checkpoint dir"),
 )
 # Loggers whose INFO lines are noise: the device summary, the litlogger "Tip", "Loading `train_dataloader`",
-# "`Trainer.fit` stopped", and "Received SIGTERM" (src/signals.py sends SIGINT through that path).
+# "`Trainer.fit` stopped", and "Received SIGTERM" (src/run/signals.py sends SIGINT through that path).
 QUIET_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
                  "pytorch_lightning.trainer.connectors.signal_connector")
 

@@ -1,8 +1,8 @@
 """How ``python -m src.train`` is launched, beyond ``@hydra.main``.
 
-- ``run_job(train, cfg)``: one job in its Hydra run dir, on a quiet console (``src/console.py``), holding its
-  lock (``src/lock.py``: a second writer refuses in one line and, in a multirun, returns ``status: locked``
-  without touching the dir), ending in its summary line. A signal stops it resumably (``src/signals.py``; a
+- ``run_job(train, cfg)``: one job in its Hydra run dir, on a quiet console (``src/run/console.py``), holding its
+  lock (``src/run/lock.py``: a second writer refuses in one line and, in a multirun, returns ``status: locked``
+  without touching the dir), ending in its summary line. A signal stops it resumably (``src/run/signals.py``; a
   single run's ``stopped:`` line gives the command that resumes it); an error marks it ``failed``, and is one
   line: in a multirun the sweep goes on with the next job.
 - ``cli(main)``: what Hydra refuses before ``main`` runs (a value the schema refuses, a bad override, a run
@@ -28,13 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.strategies.launchers import subprocess_script
 
-from src.config import did_you_mean, schema_keys
-from src.errors import ConfigError, exit_code, user_error
-from src.console import python_command, quiet, shown, to_log_file
-from src.lock import RunLocked, run_lock
-from src.records import is_rank_zero, record_failure
-from src.signals import stop_on_signal
-from src.summary import summary_line
+from src.run.config import did_you_mean, schema_keys
+from src.run.errors import ConfigError, exit_code, user_error
+from src.run.console import python_command, quiet, shown, to_log_file
+from src.run.lock import RunLocked, run_lock
+from src.run.records import is_rank_zero, record_failure
+from src.run.signals import stop_on_signal
+from src.run.summary import summary_line
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def hydra_error(error: BaseException) -> Optional[ConfigError]:
 
 def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:
     """``train(cfg, run_dir, callbacks)`` for the job Hydra composed, as ``@hydra.main`` runs it; its summary
-    line at the end (src/summary.py)."""
+    line at the end (src/run/summary.py)."""
     entered()
     quiet()
     hydra_cfg = HydraConfig.get()

@@ -8,7 +8,7 @@ earlier attempt (SLURM requeues a job under its id), or, without SLURM, its pid 
 now belongs to another process. A holder on another host without a SLURM job cannot be checked: the
 refusal says which file to delete.
 
-Only global rank 0 locks: under DDP the other ranks of the same run write nothing (``src/records.py``).
+Only global rank 0 locks: under DDP the other ranks of the same run write nothing (``src/run/records.py``).
 """
 import contextlib
 import json
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from src.errors import UserError
-from src.records import is_rank_zero
+from src.run.errors import UserError
+from src.run.records import is_rank_zero
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Files a run leaves behind, written so that a reader never sees half of one.
 
 ``metrics.json`` is the run's record: ``status`` is ``running`` while it goes, ``finished`` only once
-every field is written, ``interrupted`` after SIGTERM/SIGINT (``src.signals``), ``failed`` (with
+every field is written, ``interrupted`` after SIGTERM/SIGINT (``src.run.signals``), ``failed`` (with
 ``error``) otherwise. ``src.report`` counts only ``finished``.
 
 Only global rank 0 writes: under DDP every rank runs the same code, and ``write_atomic`` (hence

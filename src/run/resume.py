@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from src.records import move_aside, read_record, write_atomic
+from src.run.records import move_aside, read_record, write_atomic
 
 log = logging.getLogger(__name__)
 

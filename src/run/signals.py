@@ -35,8 +35,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.trainer.states import TrainerFn
 
-from src.console import to_log_file
-from src.records import read_record, record_status
+from src.run.console import to_log_file
+from src.run.records import read_record, record_status
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

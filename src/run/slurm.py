@@ -1,7 +1,7 @@
 """A sweep on SLURM (``hydra/launcher=slurm``): what the launcher does around hydra-submitit-launcher's.
 
 - Before submission, a job whose run dir holds a finished ``metrics.json`` is skipped, and so is one whose
-  run dir another live run holds (``src/lock.py``); one line says how many.
+  run dir another live run holds (``src/run/lock.py``); one line says how many.
 - ``sbatch`` refusing the request is one ``error:`` line: sbatch's own message and the overrides to change.
 - While it waits, every job that fails, is cancelled or runs out of requeues is one line: what happened and
   the command that resumes it; the others are waited for. A job SLURM requeues (``scontrol requeue``,
@@ -26,9 +26,9 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf, open_dict
 
-from src.errors import UserError
-from src.lock import describe, live_holder
-from src.records import read_record
+from src.run.errors import UserError
+from src.run.lock import describe, live_holder
+from src.run.records import read_record
 
 POLL_S = 10  # seconds between two sacct calls while waiting
 RESOURCE_KEYS = ("gpus_per_node", "tasks_per_node", "nodes", "cpus_per_task", "mem_gb", "timeout_min", "partition")

@@ -17,8 +17,8 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.console import python_command, shown
-from src.records import METRICS, read_record
+from src.run.console import python_command, shown
+from src.run.records import METRICS, read_record
 
 log = logging.getLogger(__name__)
 

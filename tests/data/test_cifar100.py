@@ -7,7 +7,7 @@ import pytest
 
 from src.data import CIFAR100DataModule
 from src.data.superclasses import cifar100_tree
-from src.errors import DataMissingError
+from src.run.errors import DataMissingError
 
 FINE = [f"fine{i:02d}" for i in range(100)]
 COARSE = [f"coarse{i:02d}" for i in range(20)]

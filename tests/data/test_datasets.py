@@ -17,7 +17,7 @@ from helpers import SHARED_MNIST, HandScore
 from src.data import CIFAR10DataModule, DigitsDataModule, MNISTDataModule, SVHNDataModule
 from src.data.datamodule import DataConfigError
 from src.data.superclasses import dataset_cases, resolve_case
-from src.errors import DataMissingError
+from src.run.errors import DataMissingError
 
 ROOT = Path(__file__).resolve().parents[1]
 

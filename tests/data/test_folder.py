@@ -10,7 +10,7 @@ from helpers import HandScore
 from src.data import FolderDataModule
 from src.data.folder import FolderDatasetError
 from src.data.superclasses import SuperclassError, resolve_case
-from src.errors import UserError
+from src.run.errors import UserError
 
 COLOURS = {"car": (255, 0, 0), "cat": (0, 255, 0), "dog": (0, 0, 255)}
 

@@ -1,4 +1,4 @@
-"""The class tree (src/tree.py) and the cases that resolve to it (src/data/superclasses.py)."""
+"""The class tree (src/data/tree.py) and the cases that resolve to it (src/data/superclasses.py)."""
 import csv
 from collections import defaultdict
 
@@ -7,7 +7,7 @@ import pytest
 
 from src.data.superclasses import (CIFAR100_LEVELS, SuperclassError, cifar100_tree, dataset_cases,
                                    evaluation_tree, resolve_case)
-from src.tree import ClassTree, Level, TreeError, as_tree
+from src.data.tree import ClassTree, Level, TreeError, as_tree
 
 # Three levels over six classes: pairs {0,1} {2,3} {4,5}, halves {0,1,2,3} {4,5}, the root.
 TOY = ClassTree("toy", "abcdef", [Level("pair", (0, 0, 1, 1, 2, 2), ("p", "q", "r")),

@@ -11,7 +11,7 @@ from helpers import HandScore
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from src.evaluation import (
+from src.evaluation.protocols import (
     EvaluationConfigError, confusion_figure, error, evaluation_options, hierarchy_metrics, hierarchy_spearman,
     inferred_scores, protocol_scores, superclass_order, tree_distances, wrong_superclass)
 from src.models.method import NetOutput

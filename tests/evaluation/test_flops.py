@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from helpers import FAST, compose_cfg
-from src.flops import train_flops_per_image
+from src.evaluation.flops import train_flops_per_image
 from src.train import build
 
 

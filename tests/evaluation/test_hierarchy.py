@@ -1,12 +1,12 @@
-"""ProxyDR's metrics as its official eval_cifar100.py computes them, checked by hand (src/hierarchy.py)."""
+"""ProxyDR's metrics as its official eval_cifar100.py computes them, checked by hand (src/evaluation/hierarchy.py)."""
 import numpy as np
 import pytest
 from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
-from src.hierarchy import (hierarchy_mean_corr, hierarchy_rf, representative_distances, tree_distance_matrix,
+from src.evaluation.hierarchy import (hierarchy_mean_corr, hierarchy_rf, representative_distances, tree_distance_matrix,
                            wpgma_clusters)
-from src.tree import ClassTree, Level
+from src.data.tree import ClassTree, Level
 
 A = 0.3
 # classes 0, 1 around one axis pair, 2, 3 around another: within-pair distances equal, across all equal

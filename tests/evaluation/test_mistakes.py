@@ -1,12 +1,12 @@
-"""The field's mistake metrics and CRM (src/mistakes.py), checked by hand on a three-level tree."""
+"""The field's mistake metrics and CRM (src/evaluation/mistakes.py), checked by hand on a three-level tree."""
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import confusion_matrix
 
-from src.evaluation import hierarchy_metrics
-from src.mistakes import calibration_error, crm_scores, mistake_record, mistake_severity, ranking
-from src.tree import ClassTree, Level, as_tree
+from src.evaluation.protocols import hierarchy_metrics
+from src.evaluation.mistakes import calibration_error, crm_scores, mistake_record, mistake_severity, ranking
+from src.data.tree import ClassTree, Level, as_tree
 
 # pairs {0,1} {2,3} {4,5}, halves {0..3} {4,5}: h = 0 self, 1 same pair, 2 same half, 3 root
 TREE = ClassTree("toy", "abcdef", [Level("pair", (0, 0, 1, 1, 2, 2), ("p", "q", "r")),
@@ -85,7 +85,7 @@ def test_every_run_records_the_mistake_and_crm_fields(run_train):
 
 
 def test_proxydr_metrics_use_the_heads_own_distance(run_train, tmp_path):
-    from src.hierarchy import hierarchy_mean_corr, hierarchy_rf
+    from src.evaluation.hierarchy import hierarchy_mean_corr, hierarchy_rf
 
     record = run_train("method=proxydr", "case=baseline", "trainer.fast_dev_run=true")  # arccos head (config)
     with np.load(tmp_path / "run" / "hierarchy.npz") as f:

@@ -11,7 +11,7 @@ from pytorch_lightning.plugins.precision import Precision
 from helpers import FAST, compose_cfg
 from src.data.pipeline import normalize
 from src.data.superclasses import superclass_table
-from src.probes import HELD_OUT, StageProbes, fit_ridge, predict_ridge, probe_accuracy, probe_subsets
+from src.evaluation.probes import HELD_OUT, StageProbes, fit_ridge, predict_ridge, probe_accuracy, probe_subsets
 from src.train import build, train
 
 COLUMNS = [f"probe/stage{k}_{t}_acc" for k in (1, 2, 3) for t in ("superclass", "class")]
@@ -146,7 +146,7 @@ def test_guard_catches_a_callback_that_reads_the_test_split(tmp_path):
 def test_held_out_training_images_without_validation_and_never_the_test_split(tmp_path, caplog):
     # The baseline has no superclasses: the probes take the evaluation hierarchy (Table 1 case1).
     probes = StageProbes(hierarchy=superclass_table("digits", "case1"))
-    with caplog.at_level("INFO", logger="src.probes"):
+    with caplog.at_level("INFO", logger="src.evaluation.probes"):
         record, rows = _run(tmp_path, "run", ["dataset.val_size=0", "case=baseline"], [probes, _NoTestDuringFit()])
     assert record["status"] == "finished" and record["val_error"] is None
     assert probes.split == HELD_OUT

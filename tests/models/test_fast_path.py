@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from helpers import HandScore, compose_cfg
 from src.models import PreActResNet
-from src.module import HALModule
+from src.models.module import HALModule
 
 
 @pytest.mark.parametrize("accelerator, cuda, expected", [

@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.errors import ConfigError
+from src.run.errors import ConfigError
 from src.models import PreActResNet
 from src.models.heads import SuperclassHeads
 from src.models.method import NetOutput

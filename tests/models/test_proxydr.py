@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.errors import ConfigError
+from src.run.errors import ConfigError
 from src.models import PreActResNet
 from src.models.method import NetOutput
 from src.models.proxydr import ProxyDR, ProxyHead, initial_scale

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from helpers import compose_cfg
-from src.figures import loss_figure
-from src.report import group_runs, load_runs, main, table_rows
+from src.report.figures import loss_figure
+from src.report.tables import group_runs, load_runs, main, table_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -207,7 +207,7 @@ def test_loss_figure_falls_back_to_validation_loss(tmp_path):
 @pytest.mark.parametrize("make, message", [
     (lambda d: None, "is not a directory"),
     (lambda d: d.mkdir(), "no metrics.json under"),
-])  # a corrupt run is listed, not an error: tests/test_runs.py
+])  # a corrupt run is listed, not an error: tests/report/test_runs.py
 def test_bad_input_gives_one_line_error_and_exit_1(tmp_path, capsys, make, message):
     target = tmp_path / "sweep"
     make(target)

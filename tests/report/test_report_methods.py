@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from src.figures import probe_figure
-from src.report import group_runs, load_runs, main, table_rows
-from test_report import PNG, write_run
+from src.report.figures import probe_figure
+from src.report.tables import group_runs, load_runs, main, table_rows
+from helpers import PNG, write_run
 
 MASKED_BASE = {"case1": 0.4, "case2": 0.5, "case3": 0.6, "case4": 0.7}
 

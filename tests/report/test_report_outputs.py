@@ -10,11 +10,11 @@ from scipy import stats
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from src.figures import deltas_figure
-from src.report import group_runs, load_runs, main, table_rows
-from src.report_tb import run_entries
-from src.runs import measures
-from test_report import PNG, write_run
+from src.report.figures import deltas_figure
+from src.report.tables import group_runs, load_runs, main, table_rows
+from src.report.tensorboard import run_entries
+from src.report.runs import measures
+from helpers import PNG, write_run
 
 
 def _rows(sweep) -> dict:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from src.report import group_runs, load_runs, main, table_rows
-from src.stats import compare, holm, power, seeds_needed, t_interval
-from test_report import write_run
+from src.report.tables import group_runs, load_runs, main, table_rows
+from src.report.stats import compare, holm, power, seeds_needed, t_interval
+from helpers import write_run
 
 BASE = [1.0, 1.4, 0.9]  # baseline test error of seeds 0, 1, 2
 MASKED = [0.6, 0.7, 0.5]  # the baseline's masked case1 error of seeds 0, 1, 2

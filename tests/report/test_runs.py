@@ -1,4 +1,4 @@
-"""src.runs on hand-made sweep dirs: runs that cannot be counted, settings and Hydra's exclusions, module shape."""
+"""src.report.runs on hand-made sweep dirs: runs that cannot be counted, settings and Hydra's exclusions, module shape."""
 import ast
 import json
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.report import group_runs, load_runs, main, table_rows
-from src.runs import GROUP_KEYS, RUN_ONLY_FALLBACK, run_only_keys
-from test_report import write_run
+from src.report.tables import group_runs, load_runs, main, table_rows
+from src.report.runs import GROUP_KEYS, RUN_ONLY_FALLBACK, run_only_keys
+from helpers import write_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

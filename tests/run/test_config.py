@@ -11,8 +11,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from src.config import Cifar10Config, Config, FileDatasetConfig, FolderConfig, SVHNConfig, TrainerConfig, check_config
-from src.errors import ConfigError
+from src.run.config import Cifar10Config, Config, FileDatasetConfig, FolderConfig, SVHNConfig, TrainerConfig, check_config
+from src.run.errors import ConfigError
 from tests.conftest import compose_cfg
 
 
@@ -137,7 +137,7 @@ def test_hydra_full_error_1_gives_hydras_own_traceback(tmp_path):
 
 def test_compose_works_after_any_import_of_src():
     """The README's compose API: the schema that conf/config.yaml extends is registered by `import src`."""
-    code = ("import src.paper\nfrom hydra import compose, initialize_config_dir\n"
+    code = ("import src.report.paper\nfrom hydra import compose, initialize_config_dir\n"
             f"with initialize_config_dir(config_dir={str(ROOT / 'conf')!r}, version_base='1.3'):\n"
             "    print(compose(config_name='config', overrides=['seed=7']).seed)")
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=60)

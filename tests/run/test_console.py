@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from src.console import EpochLines, python_command
-from src.summary import summary_line, sweep_summary
+from src.run.console import EpochLines, python_command
+from src.run.summary import summary_line, sweep_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,8 +108,8 @@ def test_composition_mistakes_are_one_line(args, line):
 
 
 def test_a_key_added_with_a_typo_suggests_the_key(cfg_factory):
-    from src.config import check_config
-    from src.errors import ConfigError
+    from src.run.config import check_config
+    from src.run.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^trainer\.max_epoch is not a key of trainer \(did you mean "
                                           r"trainer\.max_epochs\?; its keys: max_epochs, "):
@@ -120,7 +120,7 @@ def test_hydra_errors_become_one_line_with_a_hint():
     from hydra.errors import HydraException
 
     from helpers import compose_cfg
-    from src.launch import hydra_error
+    from src.run.launch import hydra_error
 
     with pytest.raises(HydraException) as error:
         compose_cfg(["trainer.max_epoch=3"])

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from src.errors import DivergenceError, UserError, check_divergence
+from src.run.errors import DivergenceError, UserError, check_divergence
 
 
 @pytest.mark.parametrize("loss", [0.0, 2.3, 3 * math.log(10)])

@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from src.records import read_record, record_failure, write_atomic, write_json
-from src.resume import LAST_CHECKPOINT, usable_checkpoint
+from src.run.records import read_record, record_failure, write_atomic, write_json
+from src.run.resume import LAST_CHECKPOINT, usable_checkpoint
 
 
 @pytest.mark.parametrize("content", [b'{"status": "fini', b"[1, 2]", b'"finished"', b"\x80\x04\x95\xff\x00binary",

@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from src.console import python_command
-from src.signals import RunInterrupted, stop_on_signal
+from src.run.console import python_command
+from src.run.signals import RunInterrupted, stop_on_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = OmegaConf.create({"dataset": {"name": "digits"}, "seed": 0})

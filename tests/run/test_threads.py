@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from src.config import check_config
-from src.errors import ConfigError
+from src.run.config import check_config
+from src.run.errors import ConfigError
 
 
 @pytest.fixture
