@@ -1,4 +1,6 @@
 """Hierarchical Auxiliary Learning (Cha et al., 2019) on PyTorch Lightning + Hydra."""
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 
@@ -15,12 +17,16 @@ OmegaConf.register_new_resolver("if_cuda", lambda accelerator, a, b: a if _on_cu
 
 
 def _default_depth(dataset: str) -> int:
-    from src.report.paper import default_depth
+    """The dataset's ``depth`` in conf/dataset/<dataset>.yaml (else base.yaml's). Only for configs saved before that
+    key existed, whose ``depth`` reads ``${default_depth:${dataset.name}}`` (``python -m src.eval`` on old runs)."""
+    datasets = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+    for path in (datasets / f"{dataset}.yaml", datasets / "base.yaml"):
+        depth = OmegaConf.load(path).get("depth") if path.is_file() else None
+        if depth is not None:
+            return int(depth)
+    raise ValueError(f"no depth for dataset {dataset!r} in {datasets}")
 
-    return default_depth(dataset)
 
-
-# `${default_depth:${dataset.name}}` in conf/config.yaml: the paper's depth for the dataset (src/report/paper.py).
 OmegaConf.register_new_resolver("default_depth", _default_depth, replace=True)
 
 

@@ -28,12 +28,20 @@ from src.run.resume import EpochHistory, RNGState, checkpoint_callback, finished
 
 
 
+def make_datamodule(dataset: DictConfig) -> pl.LightningDataModule:
+    """The ``dataset`` config's datamodule. Its ``depth`` is the dataset's default network depth (the top-level
+    ``depth``), not an argument of the datamodule."""
+    arguments = OmegaConf.to_container(dataset, resolve=True)
+    arguments.pop("depth", None)
+    return instantiate(arguments)
+
+
 def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALModule, list[pl.Callback]]:
     """The datamodule (with the case's class -> superclass table), the module (network + method) and the
     callbacks of a run writing to ``run_dir``. Seed first: the network's initialisation draws from it.
 
     The case and the tree of the hierarchy metrics are resolved here, once, and handed to those that use them."""
-    datamodule = instantiate(cfg.dataset)
+    datamodule = make_datamodule(cfg.dataset)
     evaluation = evaluation_options(cfg.eval)
     names = datamodule.class_names
     cases = dataset_cases(cfg.dataset.name, names, datamodule.tree)
@@ -50,8 +58,8 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     net = instantiate(cfg.model, num_classes=k, in_channels=channels, position=method.position,
                       num_superclasses=(num_superclasses if method.auxiliary else 0) or None)
     method.attach(net, k, num_superclasses)
-    module = HALModule(net, instantiate(cfg.optimizer), method, num_classes=k, num_superclasses=num_superclasses,
-                       lr_min=cfg.lr_min, channels_last=cfg.channels_last, compile=cfg.compile,
+    module = HALModule(net, instantiate(cfg.optimizer), method, num_classes=k, tree=None if case is None else case.tree,
+                       level=None if case is None else case.level, lr_min=cfg.lr_min, channels_last=cfg.channels_last, compile=cfg.compile,
                        divergence_factor=cfg.divergence_factor)
     run_dir = Path(run_dir)
     protocols = TestProtocols(run_dir, case, hierarchy, names, masked=masked_tables(case, cases, net.auxiliary is not None),

@@ -1,11 +1,15 @@
-"""Helpers shared by the tests: compose the real configs the way `python -m src.train` does."""
+"""Helpers shared by the tests: compose the real configs the way `python -m src.train` does; hand-made run dirs."""
+import csv
+import json
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import numpy as np
 import torch.nn.functional as F
+import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  importing src registers the typed schema (base_config) that conf/config.yaml extends
 
@@ -79,3 +83,29 @@ class HandScore(pl.Callback):
         self.scores = hand_scores(pl_module.net, trainer.datamodule, self.table, rows=self.rows)
         if len(trainer.datamodule.splits["val"][0]):
             self.val = hand_scores(pl_module.net, trainer.datamodule, split="val")
+
+
+# A report's PNG starts so; write_run: a run dir as src.train leaves it (the report tests' sweeps).
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(sweep: Path, name: str, overrides=(), history=None, aux=None, config=False, **record) -> Path:
+    """A run dir as src.train leaves it; ``config=True``: also ``.hydra/config.yaml``, composed from ``overrides``
+    the way Hydra saves it."""
+    run = sweep / name
+    (run / ".hydra").mkdir(parents=True)
+    if config:
+        OmegaConf.save(compose_cfg(list(overrides)), run / ".hydra" / "config.yaml")
+    record = {"status": "finished", "depth": 10, "epochs": 3, **record}
+    (run / "metrics.json").write_text(json.dumps(record))
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    if history is not None:
+        keys = list(history)
+        with open(run / "history.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", *keys])
+            for epoch in range(len(history[keys[0]])):
+                writer.writerow([epoch, *(history[k][epoch] for k in keys)])
+    if aux is not None:
+        np.savez(run / "aux_scores.npz", **aux)
+    return run

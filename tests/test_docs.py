@@ -191,8 +191,9 @@ def run_module(command: DocCommand, args: list[str], workspace: Path) -> None:
     """``python -m src.X ARGS`` as ``src.X.main(ARGS)`` in the workspace: exit status 0, and its output."""
     name = command.program
     if importlib.util.find_spec(name) is None:
-        pytest.fail(f"{command.where}: {name} is documented ({command.text!r}), but src/{name[4:]}.py does not exist")
-    module = importlib.import_module(name)
+        pytest.fail(f"{command.where}: {name} is documented ({command.text!r}), but src/{name[4:]}(.py) does not exist")
+    # A package runs its __main__ (python -m src.report), a module itself.
+    module = importlib.import_module(f"{name}.__main__" if importlib.util.find_spec(name).submodule_search_locations else name)
     for path in paths(args):  # a sweep (for the report) or a run the docs name: a copy of the fixture's
         if not Path(path).exists():
             source = trained_run() if name == "src.eval" else \

@@ -35,7 +35,7 @@ def test_the_guard_finds_long_floats_and_honours_the_mark():
 
 
 def test_no_test_file_pins_a_long_float():
-    offenders = {path.name: found for path in sorted(TESTS.glob("*.py"))
+    offenders = {path.name: found for path in sorted(TESTS.rglob("*.py"))
                  if path.name != Path(__file__).name and (found := long_floats(path.read_text()))}
     assert not offenders, f"float literals with > 6 significant digits (compare two runs, or mark the line " \
                           f"'# {MARK}'): {offenders}"

@@ -7,7 +7,7 @@ from bench.parity import StepLosses, raw_loop
 from helpers import FAST, HandScore, compose_cfg
 from src.data.superclasses import dataset_cases, resolve_case, superclass_table
 from src.evaluation.protocols import masked_scores, masked_tables
-from src.models import PreActResNet
+from src.models.resnet import PreActResNet
 from src.models.dks import DKS, HALDKS
 from src.models.heads import HALHeads, SuperclassHeads
 from src.models.proxydr import ProxyDR

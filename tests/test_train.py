@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 
 from helpers import CONF, HandScore, compose_cfg
-from src.report.paper import default_depth
+from src.report.paper import PAPER_DEPTH
 
 DATASETS = sorted(p.stem for p in Path(CONF, "dataset").glob("*.yaml") if p.stem != "base")
 CASES = ["baseline", "case1", "case2", "case3", "case4"]
@@ -25,9 +25,18 @@ def test_every_dataset_case_composes_and_instantiates(dataset, case):
     cfg = compose_cfg([f"dataset={dataset}", f"case={case}"])
     check_config(cfg)
     assert cfg.case.name == case and cfg.dataset.name == dataset
-    assert cfg.model.depth == default_depth(dataset)
+    assert cfg.model.depth == cfg.depth == cfg.dataset.depth
     net = instantiate(cfg.model, num_classes=10, in_channels=3, num_superclasses=None if case == "baseline" else 2)
     assert net.depth == cfg.model.depth and (net.auxiliary is None) == (case == "baseline")
+
+
+def test_the_dataset_depths_are_the_papers_and_depth_overrides_them():
+    """The default depth is data of each dataset (conf/dataset/*.yaml); Table 2's datasets take its depths."""
+    for dataset, depth in PAPER_DEPTH.items():
+        assert compose_cfg([f"dataset={dataset}"]).depth == depth, dataset
+    assert compose_cfg(["dataset=digits"]).depth == 10 and compose_cfg(["dataset=folder"]).depth == 28
+    cfg = compose_cfg(["dataset=mnist", "depth=28"])
+    assert cfg.depth == cfg.model.depth == 28 and cfg.dataset.depth == 10
 
 
 @pytest.mark.parametrize("method", METHODS)

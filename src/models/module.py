@@ -34,14 +34,21 @@ class HALModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         method: Optional[Method] = None,
         num_classes: int = 10,
-        num_superclasses: int = 0,
+        tree=None,
+        level: Optional[str] = None,
         lr_min: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
         divergence_factor: float = 10.0,
     ) -> None:
+        """``tree`` (a ``src.data.tree.ClassTree``, None for the baseline) and its ``level`` fed to the block as x*:
+        the superclass of each class. The tree is resolved once in ``build()`` and handed down."""
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "method"])
+        num_superclasses = 0 if tree is None else max(tree.table(level)) + 1
+        self.save_hyperparameters({"num_classes": num_classes, "num_superclasses": num_superclasses, "lr_min": lr_min,
+                                   "channels_last": channels_last, "compile": compile,
+                                   "divergence_factor": divergence_factor})
+        self.tree, self.level = tree, level
         self.net = net
         self.optimizer = optimizer
         self.method = method or Method()

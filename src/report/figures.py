@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from src.report.paper import PAPER_FIGURES  # noqa: E402
-from src.report.runs import CASE_ORDER, Group, order_key  # noqa: E402
+from src.report.runs import Group, case_key  # noqa: E402
 from src.report.tensorboard import write_hparams  # noqa: E402
 
 PROBE_STAGES = (1, 2, 3)
@@ -82,7 +82,7 @@ def _title(dataset: str, depth, settings: str, figure: str) -> str:
 
 def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
     """Figs 2/4/6: train and test loss per epoch, baseline against each case, mean ± std over seeds."""
-    others = [c for c in sorted(cases, key=lambda c: order_key(c, CASE_ORDER)) if c != "baseline"] or ["baseline"]
+    others = [c for c in sorted(cases, key=case_key) if c != "baseline"] or ["baseline"]
     histories = {c: [h for h in (read_history(r.dir) for r in g.finished) if h] for c, g in cases.items()}
     if not any(histories.values()):
         return None
@@ -125,7 +125,7 @@ def aux_score_figure(dataset: str, depth, settings: str, cases: dict[str, Group]
     One run per case (its lowest seed): images sorted by superclass, then class.
     """
     panels = []
-    for case in sorted(cases, key=lambda c: order_key(c, CASE_ORDER)):
+    for case in sorted(cases, key=case_key):
         runs = sorted((r for r in cases[case].finished if (r.dir / "aux_scores.npz").exists()),
                       key=lambda r: (r.record.get("seed") is None, r.record.get("seed")))
         if runs:

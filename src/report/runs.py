@@ -10,6 +10,7 @@ files cannot be read is kept with its ``problem`` (listed, never counted) rather
 """
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -17,10 +18,9 @@ from typing import Optional
 import numpy as np
 
 from src.run.errors import UserError
-from src.report.paper import CASES, PAPER_DEPTH, PAPER_TABLE2
+from src.report.paper import PAPER_DEPTH, PAPER_TABLE2
 from src.report.settings import GROUP_KEYS, RUN_ONLY_FALLBACK, assign_settings, run_config, run_only_keys  # noqa: F401 (API)
 
-CASE_ORDER = ["baseline", *CASES, "custom"]
 DATASET_ORDER = ["mnist", "svhn", "cifar10"]
 METHOD_ORDER = ["hal"]  # the paper's method first, the others by name
 DEFAULT_METHOD, DEFAULT_POSITION = "hal", 3  # what records written before methods existed were
@@ -223,6 +223,13 @@ def order_key(value, order: list) -> tuple:
     return (order.index(value), "") if value in order else (len(order), str(value))
 
 
+def case_key(case) -> tuple:
+    """Sort key of a case: the baseline first, custom (your own superclasses) last, the others in natural order
+    (case1 ... case4, then coarse, level1, ...; case2 before case10). The report reads case names from the runs."""
+    parts = re.split(r"(\d+)", str(case))
+    return (case != "baseline") + (case == "custom"), tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
+
+
 def natural(value) -> tuple:
     """Sort key: numbers by value (2 before 10), then anything else by its text."""
     number = _number(value)
@@ -242,4 +249,4 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return sorted(groups.values(), key=lambda g: (
         order_key(g.dataset, DATASET_ORDER), natural(g.depth), g.settings, not g.is_baseline,
         order_key(g.method, METHOD_ORDER),
-        natural(g.position), order_key(g.case, CASE_ORDER)))
+        natural(g.position), case_key(g.case)))

@@ -7,20 +7,29 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol
 
 import yaml
 
-if TYPE_CHECKING:
-    from src.report.runs import Run
+
+class Run(Protocol):
+    """What settings need of a run (``src.report.runs.Run``, which imports this module, not the reverse)."""
+    dir: Path
+    record: dict
+    config: Optional[dict]
+    run_only: frozenset
+    settings: str
+    setting_values: dict
 
 # The group keys themselves (config keys and command-line overrides): never part of a group's "settings".
 GROUP_KEYS = frozenset({"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth",
                         "model.depth", "method", "method.name", "method.position", "position"})
 # Keys that only say how or where to run, for runs without .hydra/hydra.yaml (which holds the real list,
-# hydra.job.config.override_dirname.exclude_keys): the list of conf/config.yaml when this was written.
+# hydra.job.config.override_dirname.exclude_keys): today's list of conf/config.yaml, in this one place
+# (tests/report/test_runs.py checks the two agree).
 RUN_ONLY_FALLBACK = frozenset({"experiment", "trainer.accelerator", "trainer.enable_progress_bar",
-                               "progress_refresh_rate", "dataset.data_dir", "dataset.download", "dataset.on_device"})
+                               "progress_refresh_rate", "dataset.data_dir", "dataset.download", "dataset.on_device",
+                               "logger", "threads", "print_config"})
 # Keys that change results however a run's dir was named (older runs left trainer.devices out of it).
 RESULT_KEYS = frozenset({"trainer.devices", "trainer.num_nodes", "trainer.strategy"})
 # Config groups whose keys are only compared between runs of the same option (a DKS key is no setting of HAL).

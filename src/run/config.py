@@ -151,6 +151,7 @@ class DatasetConfig:
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     on_device: bool = True
+    depth: int = 28  # the dataset's default network depth (config.yaml's `depth`); no datamodule argument
 
 
 @dataclass
@@ -197,7 +198,7 @@ class Config:
     """The primary config's typed top level. Groups whose options differ in shape (case, eval, method)
     stay open (``Any``)."""
     seed: Optional[int] = 0
-    depth: int = MISSING  # conf/config.yaml: the dataset's paper depth
+    depth: int = MISSING  # conf/config.yaml: ${dataset.depth}
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     dataset: Any = MISSING  # typed by each option's base (DATASET_SCHEMAS)

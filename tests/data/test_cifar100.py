@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.data import CIFAR100DataModule
+from src.data.datasets import CIFAR100DataModule
 from src.data.superclasses import cifar100_tree
 from src.run.errors import DataMissingError
 

@@ -14,12 +14,12 @@ import scipy.io
 import torch
 
 from helpers import SHARED_MNIST, HandScore
-from src.data import CIFAR10DataModule, DigitsDataModule, MNISTDataModule, SVHNDataModule
+from src.data.datasets import CIFAR10DataModule, DigitsDataModule, MNISTDataModule, SVHNDataModule
 from src.data.datamodule import DataConfigError
 from src.data.superclasses import dataset_cases, resolve_case
 from src.run.errors import DataMissingError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Table 1, written independently of src/data/superclasses.py: digit -> superclass.
 DIGIT_CASES = {

@@ -7,7 +7,7 @@ from PIL import Image
 
 from helpers import HandScore
 
-from src.data import FolderDataModule
+from src.data.folder import FolderDataModule
 from src.data.folder import FolderDatasetError
 from src.data.superclasses import SuperclassError, resolve_case
 from src.run.errors import UserError

@@ -164,7 +164,7 @@ def test_world_size_one_draws_todays_batches():
 def test_datamodule_takes_rank_and_world_size_from_the_trainer():
     from types import SimpleNamespace
 
-    from src.data import DigitsDataModule
+    from src.data.datasets import DigitsDataModule
 
     dm = DigitsDataModule()
     dm.setup()

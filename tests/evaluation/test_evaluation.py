@@ -15,7 +15,7 @@ from src.evaluation.protocols import (
     EvaluationConfigError, confusion_figure, error, evaluation_options, hierarchy_metrics, hierarchy_spearman,
     inferred_scores, protocol_scores, superclass_order, tree_distances, wrong_superclass)
 from src.models.method import NetOutput
-from src.models import PreActResNet
+from src.models.resnet import PreActResNet
 
 # A hand-made prediction set: 4 classes, superclasses {0, 1} and {2, 3}.
 TABLE = [0, 0, 1, 1]

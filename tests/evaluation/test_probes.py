@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from pytorch_lightning.plugins.precision import Precision
 
 from helpers import FAST, compose_cfg
 from src.data.pipeline import normalize
 from src.data.superclasses import superclass_table
 from src.evaluation.probes import HELD_OUT, StageProbes, fit_ridge, predict_ridge, probe_accuracy, probe_subsets
-from src.train import build, train
+from src.train import build, make_datamodule, train
 
 COLUMNS = [f"probe/stage{k}_{t}_acc" for k in (1, 2, 3) for t in ("superclass", "class")]
 
@@ -112,7 +111,7 @@ def test_two_epoch_run_logs_six_probe_columns_per_epoch(tmp_path):
     assert float(rows[-1]["probe/stage3_class_acc"]) > 50
     # case1 has 2 superclasses: chance is the larger one's share of the scored images (about 50 %).
     t = torch.as_tensor(record["superclasses"])
-    datamodule = instantiate(compose_cfg(FAST).dataset)
+    datamodule = make_datamodule(compose_cfg(FAST).dataset)
     datamodule.setup()  # the val split does not depend on the seed
     scored_labels = datamodule.splits[probes._score_split][2][probes._score_index]
     chance = 100 * torch.bincount(t[scored_labels]).max().item() / len(scored_labels)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.models import PreActResNet
+from src.models.resnet import PreActResNet
 from src.models.dks import DKS, HALDKS, kl_divergence, synergy_loss
 from src.models.method import NetOutput
 

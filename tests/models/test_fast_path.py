@@ -4,7 +4,8 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import HandScore, compose_cfg
-from src.models import PreActResNet
+from src.models.resnet import PreActResNet
+from src.data.tree import ClassTree
 from src.models.module import HALModule
 
 
@@ -28,8 +29,10 @@ def test_speed_defaults():
 
 def test_channels_last_module():
     net = PreActResNet(10, num_classes=10, in_channels=3, num_superclasses=2)
-    module = HALModule(net, lambda params: torch.optim.SGD(params, lr=0.1), num_classes=10, num_superclasses=2,
-                       channels_last=True)
+    tree = ClassTree.from_table("case1", [1] * 5 + [0] * 5, [str(c) for c in range(10)])
+    module = HALModule(net, lambda params: torch.optim.SGD(params, lr=0.1), num_classes=10, tree=tree,
+                       level=tree.level_names[0], channels_last=True)
+    assert module.hparams.num_superclasses == 2
     assert module.net.conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not module.net.conv.weight.is_contiguous()
 

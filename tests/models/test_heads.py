@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src.run.errors import ConfigError
-from src.models import PreActResNet
+from src.models.resnet import PreActResNet
 from src.models.heads import SuperclassHeads
 from src.models.method import NetOutput
 

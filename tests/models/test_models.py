@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from src.models import AuxiliaryBlock, PreActResNet
+from src.models.auxiliary import AuxiliaryBlock
+from src.models.resnet import PreActResNet
 
 
 def test_auxiliary_forward_matches_equations_2_and_3():

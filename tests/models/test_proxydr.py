@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from src.run.errors import ConfigError
-from src.models import PreActResNet
+from src.models.resnet import PreActResNet
 from src.models.method import NetOutput
 from src.models.proxydr import ProxyDR, ProxyHead, initial_scale
 

@@ -10,34 +10,9 @@ import yaml
 from omegaconf import OmegaConf
 from scipy import stats
 
-from helpers import compose_cfg
+from helpers import PNG, write_run
 from src.report.figures import loss_figure
 from src.report.tables import group_runs, load_runs, main, table_rows
-
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def write_run(sweep: Path, name: str, overrides=(), history=None, aux=None, config=False, **record) -> Path:
-    """A run dir as src.train leaves it; ``config=True``: also ``.hydra/config.yaml``, composed from ``overrides``
-    the way Hydra saves it."""
-    run = sweep / name
-    (run / ".hydra").mkdir(parents=True)
-    if config:
-        OmegaConf.save(compose_cfg(list(overrides)), run / ".hydra" / "config.yaml")
-    record = {"status": "finished", "depth": 10, "epochs": 3, **record}
-    (run / "metrics.json").write_text(json.dumps(record))
-    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
-    if history is not None:
-        keys = list(history)
-        with open(run / "history.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["epoch", *keys])
-            for epoch in range(len(history[keys[0]])):
-                writer.writerow([epoch, *(history[k][epoch] for k in keys)])
-    if aux is not None:
-        np.savez(run / "aux_scores.npz", **aux)
-    return run
-
 
 @pytest.fixture
 def mnist_sweep(tmp_path):

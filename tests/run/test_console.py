@@ -11,7 +11,7 @@ import pytest
 from src.run.console import EpochLines, python_command
 from src.run.summary import summary_line, sweep_summary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, cwd=ROOT, **kwargs) -> subprocess.CompletedProcess:

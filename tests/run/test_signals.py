@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from src.run.console import python_command
 from src.run.signals import RunInterrupted, stop_on_signal
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CFG = OmegaConf.create({"dataset": {"name": "digits"}, "seed": 0})
 
 

@@ -1,0 +1,1 @@
+"""``python -m src.report``: the runs a sweep wrote -> groups -> rows -> statistics -> tables and figures."""
