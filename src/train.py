@@ -27,7 +27,6 @@ from src.run.records import git_commit, write_json
 from src.run.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
 
 
-
 def make_datamodule(dataset: DictConfig) -> pl.LightningDataModule:
     """The ``dataset`` config's datamodule. Its ``depth`` is the dataset's default network depth (the top-level
     ``depth``), not an argument of the datamodule."""
@@ -58,8 +57,9 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     net = instantiate(cfg.model, num_classes=k, in_channels=channels, position=method.position,
                       num_superclasses=(num_superclasses if method.auxiliary else 0) or None)
     method.attach(net, k, num_superclasses)
-    module = HALModule(net, instantiate(cfg.optimizer), method, num_classes=k, tree=None if case is None else case.tree,
-                       level=None if case is None else case.level, lr_min=cfg.lr_min, channels_last=cfg.channels_last, compile=cfg.compile,
+    tree, level = (None, None) if case is None else (case.tree, case.level)
+    module = HALModule(net, instantiate(cfg.optimizer), method, num_classes=k, tree=tree, level=level,
+                       lr_min=cfg.lr_min, channels_last=cfg.channels_last, compile=cfg.compile,
                        divergence_factor=cfg.divergence_factor)
     run_dir = Path(run_dir)
     protocols = TestProtocols(run_dir, case, hierarchy, names, masked=masked_tables(case, cases, net.auxiliary is not None),
