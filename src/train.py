@@ -56,6 +56,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     k, channels = datamodule.num_classes, datamodule.image_shape[0]
     net = instantiate(cfg.model, num_classes=k, in_channels=channels, position=method.position,
                       num_superclasses=(num_superclasses if method.auxiliary else 0) or None)
+    method.tree = None if case is None else case.tree
     method.attach(net, k, num_superclasses)
     tree, level = (None, None) if case is None else (case.tree, case.level)
     module = HALModule(net, instantiate(cfg.optimizer), method, num_classes=k, tree=tree, level=level,
@@ -69,6 +70,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
                  protocols,
                  DiscoveryInputs(run_dir / "hierarchy.npz", cfg.dataset.name, case, names, evaluation["inferred_rule"],
                                  cases)]
+    callbacks.extend(method.callbacks)
     if cfg.test_curve:
         callbacks.append(PerEpochTestLoss())
     if cfg.probe:

@@ -37,7 +37,7 @@ def test_every_preset_is_a_sweep_with_its_own_dir(preset):
 
 
 @pytest.mark.parametrize("preset, swept, runs, epochs", [
-    ("table2_digits", "case", 5, 20), ("methods_digits", "arm", 11, 10)])
+    ("table2_digits", "case", 5, 20), ("methods_digits", "arm", 25, 10)])
 def test_the_digits_presets(preset, swept, runs, epochs):
     cfg = compose_with_hydra([f"experiment={preset}"])
     values = sweep_values(cfg.hydra.sweeper.params)

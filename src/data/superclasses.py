@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from src.data.random_tree import RANDOM, random_case
 from src.data.tree import ClassTree, Level, TreeError
 
 CIFAR100_LEVELS = Path(__file__).with_name("cifar100_levels.csv")  # HAF's and HAFrame's tree: fine -> 20 -> 8 -> 4 -> 2
+# ProxyDR's tree (GitHub hjk92g/ProxyDR, CIFAR100_cls.csv, its Path column): fine -> 20 -> 7 -> 3
+CIFAR100_PROXYDR = Path(__file__).with_name("cifar100_proxydr.csv")
 
 # The paper's Table 1 written as superclass -> classes, the way the paper prints it.
 _DIGIT_CASES = {
@@ -160,6 +163,22 @@ def cifar100_tree(class_names: Sequence[str], coarse_names: Optional[Sequence[st
     return ClassTree("cifar100", class_names, levels)
 
 
+def cifar100_proxydr_tree(class_names: Sequence[str]) -> ClassTree:
+    """ProxyDR's CIFAR-100 tree (``eval.hierarchy=proxydr``) from ``cifar100_proxydr.csv``: its class -> path table
+    (``CIFAR100_cls.csv`` at hjk92g/ProxyDR aba6412: ``kingdom/group/superclass/class``), by fine label index.
+    Groups are numbered in order of first appearance; a group is identified by its whole path."""
+    with open(CIFAR100_PROXYDR, newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: int(r["fine"]))
+    if [int(r["fine"]) for r in rows] != list(range(len(class_names))):
+        raise TreeError(f"{CIFAR100_PROXYDR.name} does not list the {len(class_names)} classes 0..{len(class_names) - 1}")
+    levels = []
+    for name, depth in (("superclass", 3), ("group", 2), ("kingdom", 1)):
+        paths = [tuple(r[k] for k in ("kingdom", "group", "superclass")[:depth]) for r in rows]
+        order = list(dict.fromkeys(paths))
+        levels.append(Level(name, tuple(order.index(p) for p in paths), tuple("/".join(p) for p in order)))
+    return ClassTree("proxydr", class_names, levels)
+
+
 def dataset_cases(dataset: str, class_names: Sequence[str], tree: Optional[ClassTree] = None) -> dict[str, Case]:
     """The named cases of a dataset: Table 1's two-level trees, and one per level of the dataset's own ``tree``
     (CIFAR-100: ``coarse``, ``level3``, ``level2``, ``level1``, all on its whole five-level tree)."""
@@ -206,10 +225,13 @@ def custom_tree(mapping, class_names: Sequence[str]) -> ClassTree:
 def resolve_case(case: Mapping, cases: Mapping[str, Case], class_names: Sequence[str],
                  dataset: str = "") -> Optional[Case]:
     """The ``case`` config as a ``Case`` (baseline -> None; custom -> the user's tree, fed ``case.level`` or its
-    finest level; any other name -> that case of ``dataset_cases``)."""
+    finest level; random -> ``case.of``'s tree with its classes permuted (``src.data.random_tree``); any other
+    name -> that case of ``dataset_cases``)."""
     name = case["name"]
     if name == "baseline":
         return None
+    if name == RANDOM:
+        return random_case(case, cases, dataset)
     if name != "custom":
         if name in cases:
             return cases[name]
@@ -232,7 +254,7 @@ def evaluation_tree(name: Optional[str], cases: Mapping[str, Case], case: Option
                     dataset_tree: Optional[ClassTree] = None) -> Optional[ClassTree]:
     """The tree the hierarchy metrics score every run against (``eval.hierarchy``): ``default`` is the dataset's
     own tree (CIFAR-100's five levels), else its case1, else the run's own case (a custom one), else none;
-    ``custom`` the run's custom tree; a case name of the dataset its tree; null none."""
+    ``proxydr`` ProxyDR's CIFAR-100 tree (3 / 7 / 20 groups); ``custom`` / ``random`` the run's custom / random tree (``case=random``: ``src.data.random_tree``); a case name of the dataset its tree; null none."""
     if name is None:
         return None
     if name == "default":
@@ -241,11 +263,15 @@ def evaluation_tree(name: Optional[str], cases: Mapping[str, Case], case: Option
         if "case1" in cases:
             return cases["case1"].tree
         return case.tree if case is not None else None
-    if name == "custom":
-        if case is None or case.name != "custom":
-            raise SuperclassError("eval.hierarchy=custom scores against the run's own tree: it needs case=custom")
+    if name in ("custom", RANDOM):
+        if case is None or case.name != name:
+            raise SuperclassError(f"eval.hierarchy={name} scores against the run's own tree: it needs case={name}")
         return case.tree
+    if name == "proxydr":
+        if dataset_tree is None or dataset_tree.name != "cifar100":
+            raise SuperclassError("eval.hierarchy=proxydr is ProxyDR's CIFAR-100 tree: it needs dataset=cifar100")
+        return cifar100_proxydr_tree(dataset_tree.class_names)
     if name not in cases:
-        raise SuperclassError(f"eval.hierarchy={name} is not a case of this dataset; choose default, custom, null "
+        raise SuperclassError(f"eval.hierarchy={name} is not a case of this dataset; choose default, custom, random, proxydr, null "
                               f"or one of {list(cases)}")
     return cases[name].tree

@@ -7,7 +7,11 @@ Karthik et al. 2021, GitHub sgk98/CRM-Better-Mistakes), with h(a, b) the LCA hei
     mistake severity   = mean over the mistakes (ŷ ≠ y) of h(ŷ, y)
     HD@k               = mean over images of (1/k) Σ_{c in the top k} h(c, y),   k in (1, 5, 20), k < K
     level accuracy     = % of images whose predicted class is in the true class's group, per level
-    ECE                = 15-bin expected calibration error of the max softmax (torchmetrics), a fraction
+    top-k accuracy     = % of images whose class is among the k best scored (k = 1, 5), MBM's ``accuracy``
+    best HD@k          = mean over images of min_{c in the top k} h(c, y): MBM's "hdist_top" (run_xent.py)
+    mistakes by height = how many top-1 mistakes have h(ŷ, y) = 1, 2, ..., L + 1 (a list, entry h − 1)
+    ECE, MCE           = the mean and the largest |accuracy − mean confidence| of the max softmax over 15 bins
+                         (lo, hi] on [0, 1], the first [0, 1/15] (CRM's ``guo_ECE`` and ``MCE``), fractions
     CRM                = argmin_c Σ_j p_j · h(c, j): the class of least expected tree distance under the softmax
 
 Top-k lists are sorted by score with ties to the lower class index (a stable sort), as the CRM code's
@@ -17,11 +21,12 @@ protocols call ``mistake_record`` once on the whole test split.
 from typing import Optional
 
 import torch
-from torchmetrics.classification import MulticlassCalibrationError
+import numpy as np
 
 from src.data.tree import CLASS_LEVEL, ClassTree
 
 KS = (1, 5, 20)
+TOP_KS = (1, 5)   # top-k accuracy, as MBM's ``accuracy(output, target, ks)``
 ECE_BINS = 15
 
 
@@ -58,10 +63,47 @@ def crm_scores(probabilities: torch.Tensor, heights: torch.Tensor) -> torch.Tens
     return -(probabilities.double() @ heights.double())
 
 
+def calibration_errors(probabilities: torch.Tensor, label: torch.Tensor, bins: int = ECE_BINS) -> tuple[float, float]:
+    """(ECE, MCE) of the max probability, CRM's ``guo_ECE`` and ``MCE`` (its ``ECE_helper``, ``compute_acc_bin``):
+    bins (lo, hi] with upper bounds ``arange(1/bins, 1 + 1/bins, 1/bins)`` and the first bin closed at 0, so a
+    saturated confidence of exactly 1.0 lands in the last bin (torchmetrics' binning drops it). An empty bin adds
+    nothing to ECE and counts as 0 in MCE, as in the code."""
+    p = probabilities.detach().double().cpu().numpy()
+    confidence, correct = p.max(axis=1), p.argmax(axis=1) == label.cpu().numpy()
+    size = 1 / bins
+    ece, gaps = 0.0, []
+    for upper in np.arange(size, 1 + size, size):
+        lower = upper - size
+        inside = ((confidence > lower) | (lower == 0)) & (confidence <= upper)
+        n = int(inside.sum())
+        gap = abs(correct[inside].mean() - confidence[inside].sum() / n) if n else 0.0
+        ece += gap * n / len(confidence)
+        gaps.append(gap)
+    return float(ece), float(max(gaps))
+
+
 def calibration_error(probabilities: torch.Tensor, label: torch.Tensor) -> float:
-    """15-bin ECE of the max probability (L1), torchmetrics' ``MulticlassCalibrationError``."""
-    metric = MulticlassCalibrationError(num_classes=probabilities.shape[1], n_bins=ECE_BINS, norm="l1")
-    return float(metric(probabilities.float(), label))
+    """15-bin ECE of the max probability (L1), as CRM's ``guo_ECE``: ``calibration_errors``' first value."""
+    return calibration_errors(probabilities, label)[0]
+
+
+def top_k_accuracy(order: torch.Tensor, label: torch.Tensor, ks=TOP_KS) -> dict[str, float]:
+    """{f"top{k}_acc": % of images whose class is in the top k}, for each k ≤ K."""
+    hit = order == label[:, None]
+    return {f"top{k}_acc": float(100 * hit[:, :k].any(1).double().mean()) for k in ks if k <= order.shape[1]}
+
+
+def best_hierarchical_distance(order: torch.Tensor, label: torch.Tensor, heights: torch.Tensor,
+                               ks=KS) -> dict[str, float]:
+    """{str(k): mean over images of min_{c in the top k} h(c, y)}, for each k < K (MBM's "hdist_top")."""
+    h = heights[order, label[:, None]].double()
+    return {str(k): float(h[:, :k].min(1).values.mean()) for k in ks if k < order.shape[1]}
+
+
+def mistakes_by_height(predicted: torch.Tensor, label: torch.Tensor, heights: torch.Tensor) -> list[int]:
+    """Counts of top-1 mistakes by LCA height: entry h − 1 counts the mistakes with h(ŷ, y) = h, h = 1..L+1."""
+    h = heights[predicted, label]
+    return torch.bincount(h[h > 0] - 1, minlength=int(heights.max())).tolist()
 
 
 def mistake_record(scores: torch.Tensor, label: torch.Tensor, tree: Optional[ClassTree]) -> dict:
@@ -71,9 +113,12 @@ def mistake_record(scores: torch.Tensor, label: torch.Tensor, tree: Optional[Cla
     """
     scores, label = scores.detach().float().cpu(), label.cpu()
     probabilities = scores.softmax(dim=1)
-    record = {"ece": calibration_error(probabilities, label) if len(label) else None,
+    # calibration from float64 probabilities, as CRM's numpy softmax of the logits
+    ece, mce = calibration_errors(scores.double().softmax(dim=1), label) if len(label) else (None, None)
+    record = {"ece": ece, "mce": mce, **top_k_accuracy(ranking(scores), label),
               "hierarchy_name": None if tree is None else tree.name,
               "mistake_severity": None, "hierarchical_distance": {}, "level_acc": {},
+              "hierarchical_distance_top": {}, "mistakes_by_height": [],
               "test_error_crm": None, "mistake_severity_crm": None, "hierarchical_distance_crm": {}}
     if tree is None or not len(label):
         return record
@@ -81,7 +126,9 @@ def mistake_record(scores: torch.Tensor, label: torch.Tensor, tree: Optional[Cla
     order = ranking(scores)
     record.update(mistake_severity=mistake_severity(order[:, 0], label, heights),
                   hierarchical_distance=hierarchical_distance(order, label, heights),
-                  level_acc=level_accuracy(order[:, 0], label, tree))
+                  level_acc=level_accuracy(order[:, 0], label, tree),
+                  hierarchical_distance_top=best_hierarchical_distance(order, label, heights),
+                  mistakes_by_height=mistakes_by_height(order[:, 0], label, heights))
     crm = ranking(crm_scores(probabilities, heights))
     record.update(test_error_crm=float(100 * (crm[:, 0] != label).double().mean()),
                   mistake_severity_crm=mistake_severity(crm[:, 0], label, heights),

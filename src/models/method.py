@@ -37,6 +37,11 @@ class Method:
     # module can log and evaluate any method's extra heads without knowing the method
     class_taps: tuple[str, ...] = ()
     superclass_taps: tuple[str, ...] = ()
+    # the run's class tree (its case's ``src.data.tree.ClassTree``), set by ``build()`` before ``attach``; None without
+    # a case. Tree-using methods (HXE, soft labels, HAFrame) read it; they set ``needs_superclasses``.
+    tree = None
+    # Lightning callbacks the method needs (HAFrame's, to learn the epoch); ``build()`` adds them to the run's
+    callbacks: tuple = ()
 
     def __init__(self, name: str = "hal", position: int = 3) -> None:
         self.name, self.position = name, position

@@ -77,7 +77,10 @@ def test_train_on_cifar100_coarse_scores_the_whole_tree(run_train, tmp_path):
 @pytest.mark.parametrize("preset, key, values", [
     ("table2_cifar100", "case", "baseline,coarse,level3,level2,level1"),
     ("methods_cifar100", "arm", "baseline,dks,hal_coarse,hal_level3,hal_level2,hal_level1,hal_dks_coarse,"
-                                "heads_coarse,hal_heads_coarse,proxydr")])
+                                "heads_coarse,hal_heads_coarse,proxydr,hxe_coarse,hal_hxe_coarse,soft_labels_coarse,"
+                                "hal_soft_labels_coarse,haframe_coarse,hal_coarse_random,hal_dks_coarse_random,"
+                                "heads_coarse_random,hal_heads_coarse_random,hxe_coarse_random,hal_hxe_coarse_random,"
+                                "soft_labels_coarse_random,hal_soft_labels_coarse_random,haframe_coarse_random")])
 def test_cifar100_presets_use_the_cifar10_recipe(preset, key, values):
     from hydra import compose, initialize_config_dir
 
@@ -93,4 +96,5 @@ def test_cifar100_presets_use_the_cifar10_recipe(preset, key, values):
     for arm in values.split(","):
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             composed = compose(config_name="config", overrides=["dataset=cifar100", f"{key}={arm}"])
-        assert composed.case.name in ("baseline", "coarse", "level3", "level2", "level1")
+        # a random-tree arm permutes the coarse tree (case.of): still a CIFAR-100 case
+        assert composed.case.get("of", composed.case.name) in ("baseline", "coarse", "level3", "level2", "level1")

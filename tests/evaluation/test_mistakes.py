@@ -50,7 +50,7 @@ def test_ties_go_to_the_lower_class_index():
     assert ranking(torch.tensor([[1.0, 3.0, 1.0, 3.0]])).tolist() == [[1, 3, 0, 2]]
 
 
-def test_ece_is_torchmetrics_15_bins():
+def test_ece_15_bins():
     # two images: confidence 0.9 right, 0.55 wrong, in different bins: (1/2)|1 − .9| + (1/2)|0 − .55| = 0.325
     probabilities = torch.tensor([[0.9, 0.05, 0.05], [0.55, 0.40, 0.05]])
     assert calibration_error(probabilities, torch.tensor([0, 1])) == pytest.approx(0.325, abs=1e-6)
