@@ -40,7 +40,13 @@ def imports_of(path: Path, name: str, modules: dict) -> set[str]:
     """The src modules ``path`` (module ``name``) imports; ``from src.x import y`` is ``src.x.y`` when y is a module."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    # `if TYPE_CHECKING:` imports exist for annotations only: they never run, so they draw no arrow
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):

@@ -7,7 +7,6 @@ For a permutation π of the K classes drawn by ``case.shuffle_seed``, every leve
 their sizes at every level and their nesting are unchanged; only which classes share a group is random. A
 hint-using method trained on it shows how much of a gain comes from the tree's meaning rather than its shape.
 """
-from collections.abc import Mapping
 from typing import Optional
 
 import numpy as np
@@ -23,17 +22,3 @@ def permuted_tree(tree: ClassTree, seed: int, name: Optional[str] = None) -> Cla
     levels = [Level(level.name, tuple(level.table[int(p)] for p in pi), level.group_names) for level in tree.levels]
     return ClassTree(name or f"{RANDOM}({tree.name},{seed})", tree.class_names, levels)
 
-
-def random_case(case: Mapping, cases: Mapping, dataset: str = ""):
-    """``case=random``: the named case ``case.of`` with its tree's classes permuted by ``case.shuffle_seed``;
-    the level fed to HAL's block is the named case's."""
-    from src.data.superclasses import Case   # superclasses.py imports this module
-
-    of, seed = case.get("of"), case.get("shuffle_seed")
-    if of is None or of in (RANDOM, "baseline", "custom") or of not in cases:
-        raise TreeError(f"case=random needs case.of=<a named case of {dataset or 'the dataset'}> (the shape source), "
-                        f"one of {list(cases)}; got {of!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TreeError(f"case.shuffle_seed must be an integer, got {seed!r}")
-    source = cases[of]
-    return Case(RANDOM, permuted_tree(source.tree, seed), source.level)

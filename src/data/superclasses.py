@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from src.data.random_tree import RANDOM, random_case
+from src.data.random_tree import RANDOM, permuted_tree
 from src.data.tree import ClassTree, Level, TreeError
 
 CIFAR100_LEVELS = Path(__file__).with_name("cifar100_levels.csv")  # HAF's and HAFrame's tree: fine -> 20 -> 8 -> 4 -> 2
@@ -275,3 +275,16 @@ def evaluation_tree(name: Optional[str], cases: Mapping[str, Case], case: Option
         raise SuperclassError(f"eval.hierarchy={name} is not a case of this dataset; choose default, custom, random, proxydr, null "
                               f"or one of {list(cases)}")
     return cases[name].tree
+
+
+def random_case(case: Mapping, cases: Mapping, dataset: str = ""):
+    """``case=random``: the named case ``case.of`` with its tree's classes permuted by ``case.shuffle_seed``;
+    the level fed to HAL's block is the named case's."""
+    of, seed = case.get("of"), case.get("shuffle_seed")
+    if of is None or of in (RANDOM, "baseline", "custom") or of not in cases:
+        raise TreeError(f"case=random needs case.of=<a named case of {dataset or 'the dataset'}> (the shape source), "
+                        f"one of {list(cases)}; got {of!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TreeError(f"case.shuffle_seed must be an integer, got {seed!r}")
+    source = cases[of]
+    return Case(RANDOM, permuted_tree(source.tree, seed), source.level)
