@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from src.report.runs import Run
 
 # The group keys themselves (config keys and command-line overrides): never part of a group's "settings".
-GROUP_KEYS = frozenset({"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth",
+GROUP_KEYS = frozenset({"seed", "case", "case.name", "case.of", "case.shuffle_seed", "dataset", "dataset.name", "depth", "dataset.depth",
                         "model.depth", "method", "method.name", "method.position", "position"})
 # Keys that only say how or where to run, for runs without .hydra/hydra.yaml (which holds the real list,
 # hydra.job.config.override_dirname.exclude_keys): the list of conf/config.yaml when this was written.
@@ -107,6 +107,8 @@ def assign_settings(runs: list[Run]) -> None:
             for key, value in run.config.items():
                 group = key.split(".", 1)[0]
                 scope = run.config.get(f"{group}.name") if group in SCOPED_GROUPS else None
+                if group == "case":  # a random tree's keys only compared between copies of one case
+                    scope = (scope, run.config.get("case.of"))
                 values[(key, scope)].add(value)
         differing = sorted({k for (k, _), v in values.items() if len(v) > 1 and k not in excluded})
         for run in bucket:
