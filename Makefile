@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-all test-slurm bench report clean
+.PHONY: help venv train test test-all test-slurm test-report-page bench report clean
 
 help:  ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,13 +29,17 @@ test-all: venv  ## Run every test, the slow ones included
 test-slurm: venv  ## The SLURM suite on a one-node cluster it starts here (apt-installs SLURM if missing; needs root; ~15 min)
 	$(PY) -m pytest -m slurm -q tests/test_slurm.py $(ARGS)
 
+test-report-page: venv  ## report.html rendered in headless Chromium: figures load, tables there, no network (apt-installs Chromium if missing; needs root)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(PY) -m pytest -q tests/report/test_report_page.py $(ARGS)
+
 bench: venv  ## Run the benchmarks (parity, data pipeline, default run, memory); prints JSON
 	$(PY) -m bench.parity $(ARGS)
 	$(PY) -m bench.data
 	$(PY) -m bench.default_run
 	$(PY) -m bench.memory
 
-report: venv  ## Table 2 and Figures 2-7 of the sweeps under outputs/sweeps, or ARGS="outputs/sweeps/table2_svhn"
+report: venv  ## table.md, table.csv, the figures and report.html of the sweeps under outputs/sweeps, or ARGS="outputs/sweeps/table2_svhn"
 	$(PY) -m src.report $(or $(ARGS),outputs/sweeps)
 
 clean:  ## Remove run outputs (keeps the virtual env)

@@ -26,7 +26,7 @@ from src.run.config import did_you_mean
 from src.run.console import quiet, shown
 from src.run.errors import UserError, exit_code
 from src.evaluation.flops import train_flops_per_image
-from src.run.records import METRICS, git_commit, read_record, write_json
+from src.run.records import METRICS, git_commit, machine, read_record, write_json
 from src.run.resume import LAST_CHECKPOINT
 from src.run.summary import test_errors
 from src.train import build, trainer_arguments
@@ -89,7 +89,8 @@ def evaluate(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
         record.update(test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
                       **module.test_heads, **module.parameter_counts(), **protocols.record,
                       flops_per_train_image=train_flops_per_image(module, datamodule))
-    record.update(threads=torch.get_num_threads(), git_commit=git_commit(), duration_s=round(time.time() - start, 2))
+    record.update(threads=torch.get_num_threads(), git_commit=git_commit(), machine=machine(),
+                  duration_s=round(time.time() - start, 2))
     return record
 
 

@@ -23,7 +23,7 @@ from src.evaluation.protocols import evaluation_options, masked_tables
 from src.evaluation.flops import TrainingFlops
 from src.models.module import HALModule
 from src.evaluation.probes import StageProbes
-from src.run.records import git_commit, write_json
+from src.run.records import git_commit, machine, write_json
 from src.run.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
 
 
@@ -105,7 +105,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     record = {"dataset": cfg.dataset.name, "case": cfg.case.name, "method": module.method.name,
               "position": module.net.position, "depth": cfg.model.depth, "seed": cfg.seed,
               "superclasses": datamodule.superclasses, "epochs": cfg.trainer.max_epochs, "status": "running",
-              "git_commit": git_commit(), "threads": torch.get_num_threads()}
+              "git_commit": git_commit(), "threads": torch.get_num_threads(), "machine": machine()}
     write_json(run_dir / "metrics.json", record)
 
     logger = make_logger(cfg, run_dir)

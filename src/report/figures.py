@@ -26,6 +26,7 @@ from src.report.runs import Group, case_key  # noqa: E402
 from src.report.tensorboard import write_hparams  # noqa: E402
 
 PROBE_STAGES = (1, 2, 3)
+LOSS_COLUMNS = 4
 
 
 def read_history(run_dir: Path) -> dict[str, np.ndarray]:
@@ -80,16 +81,28 @@ def _title(dataset: str, depth, settings: str, figure: str) -> str:
     return f"{dataset}, depth {depth}{', ' + settings if settings else ''}{paper}"
 
 
+def _wrapped(panels: int, columns: int, height: float, **kwargs):
+    """A figure of ``panels`` panels, at most ``columns`` to a row (a methods sweep has a dozen), the unused
+    places of the last row removed."""
+    columns = min(panels, columns)
+    rows = math.ceil(panels / columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(max(6.0, 4.2 * columns), 0.6 + height * rows), squeeze=False,
+                             **kwargs)
+    for ax in grid.flatten()[panels:]:
+        fig.delaxes(ax)
+    return fig, grid
+
+
 def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
     """Figs 2/4/6: train and test loss per epoch, baseline against each case, mean ± std over seeds."""
     others = [c for c in sorted(cases, key=case_key) if c != "baseline"] or ["baseline"]
     histories = {c: [h for h in (read_history(r.dir) for r in g.finished) if h] for c, g in cases.items()}
     if not any(histories.values()):
         return None
-    fig, axes = plt.subplots(1, len(others), figsize=(max(6.0, 4.2 * len(others)), 4.0), squeeze=False,
-                             sharey=True)
+    fig, grid = _wrapped(len(others), LOSS_COLUMNS, height=3.4, sharey=True)
+    axes = grid.flatten()
     eval_names = set()
-    for ax, case in zip(axes[0], others):
+    for ax, case in zip(axes, others):
         for name, color in [("baseline", "0.45")] + ([(case, "C0")] if case != "baseline" else []):
             if name not in histories:
                 continue
@@ -111,7 +124,8 @@ def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
         ax.set_title(f"{case} vs baseline" if case != "baseline" and histories.get("baseline") else case)
         ax.grid(alpha=0.3, which="both", lw=0.5)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("cross-entropy loss (log scale)")
+    for row in grid:
+        row[0].set_ylabel("cross-entropy loss (log scale)")
     kind = "/".join(sorted(eval_names, reverse=True))
     fig.suptitle(f"Train{' and ' + kind if kind else ''} loss per epoch, mean ± std over seeds\n"
                  f"{_title(dataset, depth, settings, PAPER_FIGURES.get(dataset, ('', ''))[0])}", fontsize=10)
@@ -132,8 +146,8 @@ def aux_score_figure(dataset: str, depth, settings: str, cases: dict[str, Group]
             panels.append((case, runs[0]))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 4.2 * len(panels)), 4.0), squeeze=False)
-    for ax, (case, run) in zip(axes[0], panels):
+    fig, grid = _wrapped(len(panels), 3, height=3.8)
+    for ax, (case, run) in zip(grid.flatten(), panels):
         data = np.load(run.dir / "aux_scores.npz")
         score, superclass, label = data["score"], data["superclass"], data["label"]
         order = np.lexsort((label, superclass))
@@ -148,7 +162,8 @@ def aux_score_figure(dataset: str, depth, settings: str, cases: dict[str, Group]
                      fontsize=9)
         ax.grid(alpha=0.3, lw=0.5)
         ax.legend(fontsize=7, markerscale=4)
-    axes[0][0].set_ylabel("auxiliary score a = Σ_j |Σ_i w_ij y_i − x*_j|")
+    for row in grid:
+        row[0].set_ylabel("auxiliary score a = Σ_j |Σ_i w_ij y_i − x*_j|")
     fig.suptitle(f"Auxiliary score of every training image at the end of training\n"
                  f"{_title(dataset, depth, settings, PAPER_FIGURES.get(dataset, ('', ''))[1])}", fontsize=10)
     fig.tight_layout()

@@ -23,7 +23,10 @@ from src.report.settings import GROUP_KEYS, RUN_ONLY_FALLBACK, assign_settings, 
 
 DATASET_ORDER = ["mnist", "svhn", "cifar10"]
 METHOD_ORDER = ["hal"]  # the paper's method first, the others by name
-DEFAULT_METHOD, DEFAULT_POSITION = "hal", 3  # what records written before methods existed were
+DEFAULT_METHOD, DEFAULT_POSITION = "hal", 3
+# A random-tree run (case.name=random, case.of=<case>, case.shuffle_seed=<int>) is grouped as ``random(<case>)``,
+# pooled over shuffle seeds, and compared with the same method on the real tree (src.report_control).
+RANDOM_CASE = "random"  # what records written before methods existed were
 # Scalar record fields that describe a run rather than measure it.
 DESCRIPTIONS = frozenset({"seed", "depth", "epochs", "position", "resumed_at_epoch"})
 # A list field with this prefix holds one value per superclass of the run's table; its measures are named after
@@ -68,6 +71,13 @@ class Run:
     @property
     def seed(self):
         return self.record.get("seed")
+
+    @property
+    def case(self) -> str:
+        """The record's case; for a random-tree run, ``random(<the case whose shape it copies>)``."""
+        case = str(self.record.get("case", "unknown"))
+        of = (self.config or {}).get("case.of") if case == RANDOM_CASE else None
+        return random_case(of) if of not in (None, "null") else case
 
     @property
     def measures(self) -> dict[str, float]:
@@ -124,6 +134,10 @@ class Group:
         if PAPER_DEPTH.get(self.dataset) != self.depth or self.method != DEFAULT_METHOD:
             return None, None
         return PAPER_TABLE2[self.dataset].get(self.case, (None, None))
+
+
+def random_case(of: str) -> str:
+    return f"{RANDOM_CASE}({of})"
 
 
 def _number(value) -> bool:
@@ -243,8 +257,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
         if run.problem is not None:
             continue
         r = run.record
-        key = (str(r.get("dataset", "unknown")), r.get("depth"), run.settings, str(r.get("case", "unknown")),
-               run.method, run.position)
+        key = (str(r.get("dataset", "unknown")), r.get("depth"), run.settings, run.case, run.method, run.position)
         groups.setdefault(key, Group(*key)).runs.append(run)
     return sorted(groups.values(), key=lambda g: (
         order_key(g.dataset, DATASET_ORDER), natural(g.depth), g.settings, not g.is_baseline,

@@ -22,7 +22,7 @@ class Run(Protocol):
     setting_values: dict
 
 # The group keys themselves (config keys and command-line overrides): never part of a group's "settings".
-GROUP_KEYS = frozenset({"seed", "case", "case.name", "dataset", "dataset.name", "depth", "dataset.depth",
+GROUP_KEYS = frozenset({"seed", "case", "case.name", "case.of", "case.shuffle_seed", "dataset", "dataset.name", "depth", "dataset.depth",
                         "model.depth", "method", "method.name", "method.position", "position"})
 # Keys that only say how or where to run, for runs without .hydra/hydra.yaml (which holds the real list,
 # hydra.job.config.override_dirname.exclude_keys): today's list of conf/config.yaml, in this one place
@@ -116,6 +116,8 @@ def assign_settings(runs: list[Run]) -> None:
             for key, value in run.config.items():
                 group = key.split(".", 1)[0]
                 scope = run.config.get(f"{group}.name") if group in SCOPED_GROUPS else None
+                if group == "case":  # a random tree's keys only compared between copies of one case
+                    scope = (scope, run.config.get("case.of"))
                 values[(key, scope)].add(value)
         differing = sorted({k for (k, _), v in values.items() if len(v) > 1 and k not in excluded})
         for run in bucket:

@@ -1,4 +1,6 @@
-"""Sweep dirs -> the paper's Table 2 (``table.md``, ``table.csv``) and Figures 2-7 (``src.report.figures``).
+"""Sweep dirs -> short tables that answer one question each (``table.md``; every number in ``table.csv``),
+the paper's Figures 2-7 (``src.report.figures``), the trade-off figure (``src.report_tradeoff``) and ``report.html``,
+one self-contained page with all of them (``src.report_page``).
 
     python -m src.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--alpha 0.05]
 
@@ -20,7 +22,12 @@ from typing import Optional
 from src.run.errors import exit_code
 from src.report.figures import write_figures
 from src.report.paper import PAPER_DEPTH
-from src.report.rows import ALPHA, COLUMNS, EXPECTED_SEEDS, table_rows
+from src.report_control import add_tree_columns, tree_tables
+from src.report_page import page
+from src.report_questions import Table, question_tables
+from src.report_questions import markdown as questions_markdown
+from src.report_tradeoff import write_tradeoff
+from src.report.rows import ALPHA, EXPECTED_SEEDS, table_rows
 from src.report.runs import DEFAULT_POSITION, Group, ReportError, Run, group_runs, load_runs  # noqa: F401 (API)
 
 METHOD_NOTES = [
@@ -52,32 +59,6 @@ def methods_shown(groups: list[Group]) -> bool:
     return any(g.method != "hal" or g.position != DEFAULT_POSITION for g in groups)
 
 
-def _fmt(mean: float, std: float, digits: int = 2) -> str:
-    if mean is None or math.isnan(mean):
-        return ""
-    return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{digits}f}")
-
-
-def _signed(value: Optional[float]) -> str:
-    return "" if value is None or math.isnan(value) else f"{value:+.2f}"
-
-
-def delta_cell(r: dict, value: str, prefix: str, short: str) -> str:
-    """``-0.78 [-1.02, -0.54] better (p=0.004, Holm 0.012, paired)``; for ``no evidence`` also the seeds at
-    which a paired test would have 80 % power; ``(no p)`` for one seed or zero variance."""
-    if r[value] is None or math.isnan(r[value]):
-        return ""
-    text = _signed(r[value])
-    if r[f"{prefix}_ci_low"] is not None:
-        text += f" [{r[f'{prefix}_ci_low']:+.2f}, {r[f'{prefix}_ci_high']:+.2f}]"
-    text += f" {r[f'{short}verdict']}"
-    if r[f"{prefix}_p"] is None:
-        return text + " (no p)"
-    details = f"p={r[f'{prefix}_p']:.3g}, Holm {r[f'{prefix}_p_holm']:.3g}, {r[f'{short}test']}"
-    needed = r[f"{short}seeds_needed"]
-    return text + f" ({details}" + (f"; needs {needed} seeds" if needed is not None else "") + ")"
-
-
 def _optimizer(config: dict[str, str]) -> str:
     """``SGD(lr=1.0, momentum=0.0, ...)`` from a flattened config."""
     args = [f"{k.removeprefix('optimizer.')}={v}" for k, v in sorted(config.items())
@@ -99,65 +80,15 @@ def recipe_note(runs: list[Run]) -> str:
     return f"Recipe beyond the paper (docs/configuration.md, \"Choices the paper leaves open\"): {'; '.join(parts)}." if parts else ""
 
 
-def _cell(r: dict, name: str, digits: int = 2) -> str:
-    return _fmt(r.get(f"{name}_mean", math.nan), r.get(f"{name}_std", math.nan), digits)
-
-
-def _masked(r: dict) -> str:
-    """The masked error of each case the row's runs were scored on; just the number for the row's own case."""
-    cases = [k[len("test_error_masked."):-len("_mean")] for k, v in r.items()
-             if k.startswith("test_error_masked.") and k.endswith("_mean") and not math.isnan(v)]
-    if cases == [r["case"]]:
-        return _cell(r, f"test_error_masked.{r['case']}")
-    return "; ".join(f"{c} {_cell(r, f'test_error_masked.{c}')}" for c in cases)
-
-
-def _params(r: dict) -> str:
-    train, inference = r.get("params_train_mean", math.nan), r.get("params_inference_mean", math.nan)
-    if math.isnan(train) and math.isnan(inference):
-        return ""
-    text = " / ".join("" if math.isnan(v) else f"{v:,.0f}" for v in (train, inference))
-    deltas = [r["params_train_vs_baseline"], r["params_inference_vs_baseline"]]
-    if all(math.isnan(d) for d in deltas) or (r["method"] == "hal" and r["case"] == "baseline"):
-        return text
-    return text + " (" + " / ".join("" if math.isnan(d) else f"{d:+,.0f}" for d in deltas) + ")"
-
-
-def _flops(r: dict) -> str:
-    value = r.get("flops_per_train_image_mean", math.nan)
-    return "" if math.isnan(value) else f"{value:.3g}"
-
-
 def markdown(rows: list[dict], runs: list[Run], methods: bool = False, alpha: float = ALPHA) -> str:
-    """The table; ``methods``: the columns that compare methods (``METHOD_NOTES``) instead of the paper's."""
-    shown = [c for c in COLUMNS if (methods or c.table2) and any(f"{c.measure}_mean" in r for r in rows)]
-    flops = any(not math.isnan(r.get("flops_per_train_image_mean", math.nan)) for r in rows)
-    show_settings = len({r["settings"] for r in rows}) > 1
-    error = "test error % (mean ± std, n seeds)"
-    delta, fair = "Δ vs baseline [95 % CI] verdict", "fair Δ [95 % CI] verdict"
-    first = ["method", "position", "case", f"oracle {error}", delta] if methods else \
-        ["case", error, delta, "paper", "paper Δ"]
-    last = (["img/s vs baseline"] + (["FLOPs / train image"] if flops else []) +
-            ["params train / inference (vs baseline)"]) if methods else []
-    header = ["dataset", "depth"] + (["settings"] if show_settings else []) + first + ["masked %", fair] + \
-        [c.header for c in shown] + last + ["epochs", "flags"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        error_cell = f"{_fmt(r['test_error_mean'], r['test_error_std'])} (n={r['n']})" if r["n"] else "(n=0)"
-        delta_text = delta_cell(r, "delta_vs_baseline", "delta", "")
-        if methods:
-            cells = [r["method"], str(r["position"]), r["case"], error_cell, delta_text]
-        else:
-            paper = _fmt(r["paper_test_error"], r["paper_test_error_std"]) if r["paper_test_error"] is not None else ""
-            cells = [r["case"], error_cell, delta_text, paper, _signed(r["paper_delta_vs_baseline"])]
-        cells += [_masked(r), delta_cell(r, "fair_delta", "fair_delta", "fair_")]
-        cells += [_cell(r, c.measure, c.digits) for c in shown]
-        if methods:
-            ratio = r["train_images_per_s_vs_baseline"]
-            cells += ["" if math.isnan(ratio) else f"{ratio:.2f}×"] + ([_flops(r)] if flops else []) + [_params(r)]
-        cells = [r["dataset"], str(r["depth"])] + ([r["settings"] or "(none)"] if show_settings else []) + cells
-        lines.append("| " + " | ".join(cells + [r["epochs"], r["flags"]]) + " |")
-    return "\n".join(lines + _notes(rows, runs, methods, alpha)) + "\n"
+    """The question tables (``src.report_questions``; the random-tree control's where it has rows), then the
+    notes; ``methods``: the layout that compares methods (``METHOD_NOTES``) instead of the paper's."""
+    notes = _notes(rows, runs, methods, alpha)
+    return questions_markdown(tables(rows, methods)) + "\n".join(["", "## Notes"] + notes) + "\n"
+
+
+def tables(rows: list[dict], methods: bool) -> list[Table]:
+    return question_tables(rows, methods, tree_tables(rows))
 
 
 def _notes(rows: list[dict], runs: list[Run], methods: bool, alpha: float) -> list[str]:
@@ -174,10 +105,10 @@ def _notes(rows: list[dict], runs: list[Run], methods: bool, alpha: float) -> li
         f"(negative = fewer errors). {'' if methods else paper}{FAIR_NOTE} "
         "[95 % CI]: Student-t interval of the difference; paired by seed (mean of the per-seed differences, "
         "paired t-test) where both rows have the same seeds, else Welch's test (the `test` column of table.csv). "
-        f"Verdict: better / worse where the Holm-corrected p is at most α = {alpha:g}, across the "
-        f"{tested[0]} Δs and, separately, the {tested[1]} fair Δs of this table; else no evidence, with the "
-        "seeds at which a paired t-test would have 80 % power for the observed difference and sd "
-        "(docs/report.md, \"Reading the report\"). "
+        f"Verdict: ✓ better / ✗ worse where the Holm-corrected p is at most α = {alpha:g}, across the "
+        f"{tested[0]} Δs and, separately, the {tested[1]} fair Δs of this report; else no evidence, with the "
+        "seeds at which a paired t-test would have 80 % power for the observed difference and sd in the line "
+        "under the table (docs/report.md, \"Reading the report\"). table.csv has every number unrounded. "
         f"Flags: n<{EXPECTED_SEEDS} (fewer seeds than the paper), failed and unfinished runs "
         "(not counted in the means), no interval (one seed or zero variance).",
     ]
@@ -218,14 +149,18 @@ def report(sweep_dirs: list[Path], out: Optional[Path] = None, alpha: float = AL
     runs = load_runs(sweep_dirs)
     groups = group_runs(runs)
     rows = table_rows(groups, alpha)
+    add_tree_columns(groups, rows, alpha)
     if out is None:
         out = sweep_dirs[0] if len(sweep_dirs) == 1 else Path(
             os.path.commonpath([str(p.resolve()) for p in sweep_dirs]))
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(rows, runs, methods_shown(groups), alpha)
+    methods = methods_shown(groups)
+    shown, notes = tables(rows, methods), _notes(rows, runs, methods, alpha)  # for the page
+    md = markdown(rows, runs, methods, alpha)
     (out / "table.md").write_text(md)
     write_csv(rows, out / "table.csv")
-    figures = write_figures(groups, rows, out, md)
+    figures = write_figures(groups, rows, out, md) + write_tradeoff(groups, out)
+    (out / "report.html").write_text(page(shown, figures, sweep_dirs, runs, notes), encoding="utf-8")
     return {"rows": rows, "markdown": md, "figures": figures, "out": out}
 
 
@@ -233,7 +168,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")
     parser.add_argument("--out", type=Path, default=None,
-                        help="where table.md, table.csv, the PNGs and tb/ go (default: the sweep dir, or the "
+                        help="where table.md, table.csv, report.html, the PNGs and tb/ go (default: the sweep dir, or the "
                              "common parent of several)")
     parser.add_argument("--alpha", type=float, default=ALPHA,
                         help=f"family-wise error rate of the verdicts, Holm-corrected per table (default {ALPHA})")
@@ -243,7 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as e:
         return exit_code(e)
     print(result["markdown"])
-    print(f"wrote {result['out'] / 'table.md'}, table.csv and {len(result['figures'])} figures "
+    print(f"wrote {result['out'] / 'report.html'}, table.md, table.csv and {len(result['figures'])} figures "
           f"({', '.join(p.name for p in result['figures'])}); TensorBoard: .venv/bin/tensorboard --logdir {result['out'] / 'tb'}")
     return 0
 

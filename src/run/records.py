@@ -15,6 +15,8 @@ from what is left, instead of crashing on every re-run.
 import json
 import logging
 import os
+import platform
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -95,3 +97,16 @@ def git_commit() -> str:
                               cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def machine() -> str:
+    """Where this process runs, for the report's line on a sweep: ``host: CPU model, N cores[, GPU name]``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        cpu = ""
+    import torch  # here, not at the top: reading a record needs no torch
+
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{socket.gethostname()}: {cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores{gpu}"

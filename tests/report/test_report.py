@@ -50,9 +50,13 @@ def test_table_has_mean_sample_std_change_vs_baseline_paper_values_and_flags(mni
     assert md in printed + "\n"
     welch = stats.ttest_ind([0.5, 0.6, 0.4], [1.0, 1.1, 0.9, 1.2, 0.8], equal_var=False)  # seeds 0-2 vs 0-4
     ci = welch.confidence_interval(0.95)
-    delta = f"-0.50 [{ci.low:+.2f}, {ci.high:+.2f}] better (p={welch.pvalue:.3g}, Holm {welch.pvalue:.3g}, welch)"
-    assert f"| mnist | 10 | case1 | 0.50 ± 0.10 (n=3) | {delta} | 0.43 ± 0.03 | -0.50 |  |  | 0.80 ± 0.10 |" in md
-    assert "| mnist | 10 | baseline | 1.00 ± 0.16 (n=5) |  | 0.93 |  |  |  |  |" in md
+    delta = f"−0.50 [{ci.low:+.2f}, {ci.high:+.2f}] ✓ better".replace("-", "−")  # p, Holm, test: a footnote line
+    assert (f"| mnist | 10 | case1 | 0.50 ± 0.10 (n=3) | {delta} | 0.43 ± 0.03 | −0.50 | n<5; 1 failed; "
+            "1 unfinished |") in md  # no block run has a masked error: no fair Δ column
+    assert f"- mnist 10 case1: Δ p={welch.pvalue:.3g}, Holm {welch.pvalue:.3g}, welch\n" in md
+    assert "| mnist | 10 | baseline | 1.00 ± 0.16 (n=5) |  | 0.93 |  |  |" in md
+    assert "## Without the hint?\n\n| dataset | depth | case | inferred % |\n|---|---|---|---|\n" \
+           "| mnist | 10 | case1 | 0.80 ± 0.10 |\n\n" in md  # the baseline has no inferred error: no row
     assert "ddof=1" in md
     assert "Recipe beyond the paper" not in md  # no .hydra/config.yaml: nothing to say about the recipe
     assert "case=case1,seed=3` (failed): DivergenceError" in md and "case=case1,seed=4` (running)" in md
@@ -122,7 +126,7 @@ def test_the_recipe_keys_the_paper_leaves_open_are_noted_under_the_table(tmp_pat
             '`trainer.gradient_clip_val=1.0 / null` (the paper has none); optimiser '
             '`SGD(lr=1.0, momentum=0.0, nesterov=false, weight_decay=0.0)` (the paper names none).')
     md = (sweep / "table.md").read_text()
-    assert md.split("\n\n")[1] == note  # right under the table; the failed run's momentum is not counted
+    assert md.split("## Notes\n\n")[1].split("\n\n")[0] == note  # the failed run's momentum is not counted
     assert note in capsys.readouterr().out
 
 

@@ -46,24 +46,25 @@ def test_fair_delta_is_oracle_error_minus_the_baselines_masked_error_of_the_same
     assert dks["test_error_heads.0_mean"] == 5.0 and dks["test_superclass_acc_heads.stage1_mean"] == 90.0
 
     md = (methods_sweep / "table.md").read_text()
-    header = md.splitlines()[0]
-    for column in ("| method | position | case | oracle test error", "| masked % | fair Δ [95 % CI] verdict |",
-                   "| inferred % | superclass acc % | hierarchy_mean_corr |", "img/s vs baseline",
-                   "params train / inference (vs baseline)", "Δ vs baseline [95 % CI] verdict", "flags"):
-        assert column in header
-    assert "within-superclass mistakes %" not in header and "hierarchy_rf" not in header  # no run has them
+    tables = md.split("## Notes")[0]
+    assert md.splitlines()[2] == ("| dataset | depth | method | position | case | oracle test error % (mean ± std, n) "
+                                  "| Δ vs baseline [95 % CI] | fair Δ [95 % CI] | flags |")
+    assert "within-superclass mistakes %" not in tables and "hierarchy_rf" not in tables  # no run has them
     # Both rows have seeds 0 and 1: paired; Holm over the three Δs and, separately, the two fair Δs.
     paired = stats.ttest_rel([0.3, 0.3], [1.0, 2.0])
     ci = paired.confidence_interval(0.95)
-    delta = f"-1.20 [{ci.low:+.2f}, {ci.high:+.2f}] no evidence (p={paired.pvalue:.3g}, Holm"
-    assert f"| digits | 10 | hal | 3 | case1 | 0.30 ± 0.00 (n=2) | {delta}" in md
-    assert ("| 0.20 ± 0.00 | -0.15 [" in md and "| 0.80 ± 0.00 |  | 0.500 ± 0.000 | 0.80× | 110 / 100 (+10 / +0) |"
-            in md)
-    assert "| dks | 3 | case1 | 0.90 ± 0.00 (n=2) | -0.60 [" in md
-    assert "| case1 0.60 ± 0.00; case2 0.70 ± 0.00 |  |  |" in md
-    assert "| hal | 3 | baseline | 1.50 ± 0.71 (n=2) |  | case1 0.45 ± 0.07; case2 0.55" in md
+    delta = f"−1.20 [{ci.low:+.2f}, {ci.high:+.2f}] no evidence".replace("-", "−")
+    assert f"| digits | 10 | hal | 3 | case1 | 0.30 ± 0.00 (n=2) | {delta} | −0.15 [" in md
+    assert f"- digits 10 hal 3 case1: Δ p={paired.pvalue:.3g}, Holm " in md  # the p-values: a line under the table
+    assert "| dks | 3 | case1 | 0.90 ± 0.00 (n=2) | −0.60 [" in md
+    # Without the hint? How bad are the mistakes? At what cost?
+    assert "| digits | 10 | hal | 3 | case1 | 0.80 ± 0.00 | 0.20 ± 0.00 |" in md
+    assert "| digits | 10 | dks | 3 | case1 |  | case1 0.60 ± 0.00; case2 0.70 ± 0.00 |" in md
+    assert "| digits | 10 | hal | 3 | baseline |  | case1 0.45 ± 0.07; case2 0.55" in md
+    assert "| superclass acc % | hierarchy_mean_corr |" in md and "| digits | 10 | hal | 3 | case1 |  | 0.500 ± 0.000 |" in md
+    assert "| digits | 10 | hal | 3 | case1 | 0.80× | 110 / 100 (+10 / +0) | 3 |" in md
     assert "fair yardstick for the oracle protocol" in md and "same test-time hint" in md
-    assert "paper Δ" not in header
+    assert "paper Δ" not in tables
     with open(methods_sweep / "table.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
     assert float(csv_rows[2]["fair_delta"]) == pytest.approx(-0.15)
@@ -76,12 +77,13 @@ def test_plain_hal_sweeps_keep_the_paper_table(tmp_path):
     write_run(sweep, "c", dataset="mnist", case="case1", method="hal", position=3, seed=0, test_error=0.5)
     assert main([str(sweep)]) == 0
     md = (sweep / "table.md").read_text()
-    assert md.startswith("| dataset | depth | case | test error % (mean ± std, n seeds) | Δ vs baseline [95 % CI] "
-                         "verdict | paper | paper Δ | masked % | fair Δ [95 % CI] verdict |")
+    assert md.startswith("## Does it help?\n\n| dataset | depth | case | test error % (mean ± std, n) | Δ vs baseline "
+                         "[95 % CI] | paper | paper Δ | fair Δ [95 % CI] | flags |")
     # The Table 2 layout has the fair yardstick too; one seed on each side: no interval and no p.
-    assert ("| mnist | 10 | case1 | 0.50 (n=1) | -0.50 no evidence (no p) | 0.43 ± 0.03 | -0.50 |  "
-            "| +0.10 no evidence (no p) |")  # 0.5 − the baseline's masked case1 0.4 in md
-    assert "| mnist | 10 | baseline | 1.00 (n=1) |  | 0.93 |  | case1 0.40; case2 0.50; case3 0.60; case4 0.70 |" in md
+    assert ("| mnist | 10 | case1 | 0.50 (n=1) | −0.50 no evidence | 0.43 ± 0.03 | −0.50 "
+            "| +0.10 no evidence |") in md  # 0.5 − the baseline's masked case1 0.4
+    assert "- mnist 10 case1: Δ no p; fair Δ no p" in md
+    assert "| mnist | 10 | baseline | case1 0.40; case2 0.50; case3 0.60; case4 0.70 |" in md
 
 
 def _probe_history(offset: float, epochs: int = 3) -> dict:
@@ -128,8 +130,11 @@ def test_the_tables_show_the_mistake_metrics_and_crm(tmp_path):
                   "20": 3.0 + seed}, ece=0.1, level_acc={"class": 70.0, "coarse": 80.0}, hierarchy_name="cifar100")
     assert main([str(sweep)]) == 0
     md = (sweep / "table.md").read_text()
-    assert "| CRM % | mistake severity | HD@1 | HD@5 | HD@20 | ECE |" in md.splitlines()[0]
-    assert "| 40.50 ± 0.71 | 2.500 ± 0.707 | 1.000 ± 0.000 | 2.000 ± 0.000 | 3.500 ± 0.707 | 0.100 ± 0.000 |" in md
+    assert ("## How bad are the mistakes?\n\n| dataset | depth | case | mistake severity | HD@1 | HD@5 | HD@20 | ECE "
+            "| top-1 acc % | coarse acc % |") in md
+    assert "| 2.500 ± 0.707 | 1.000 ± 0.000 | 2.000 ± 0.000 | 3.500 ± 0.707 | 0.100 ± 0.000 | 70.00 ± 0.00 |" in md
+    assert "## Without the hint?\n\n| dataset | depth | case | CRM % |\n|---|---|---|---|\n| cifar100 | 10 | coarse " \
+           "| 40.50 ± 0.71 |" in md
     assert "| cifar100 | 10 | coarse |" in md and "hierarchy_name" in md
     with open(sweep / "table.csv", newline="") as f:
         row = next(csv.DictReader(f))
@@ -137,5 +142,6 @@ def test_the_tables_show_the_mistake_metrics_and_crm(tmp_path):
     write_run(sweep, "dks0", dataset="cifar100", case="baseline", method="dks", seed=0, test_error=31.0,
               test_error_crm=35.0)
     assert main([str(sweep)]) == 0
-    header = (sweep / "table.md").read_text().splitlines()[0]  # the methods table: CRM beside the protocols
-    assert "| masked % | fair Δ [95 % CI] verdict | CRM % | mistake severity | HD@1 |" in header
+    md = (sweep / "table.md").read_text()  # the methods layout: CRM among the no-hint protocols
+    assert "## Without the hint?\n\n| dataset | depth | method | case | CRM % |\n" in md
+    assert "| cifar100 | 10 | dks | baseline | 35.00 |" in md

@@ -103,7 +103,8 @@ def test_one_seed_and_zero_variance_give_empty_cells_and_a_flag_two_seeds_give_s
     text = (sweep / "table.csv").read_text()
     assert "nan" not in text.lower()
     md = (sweep / "table.md").read_text()
-    assert "| -0.60 no evidence (no p) |" in md and "| -0.60 [" not in md
+    assert "| −0.60 no evidence |" in md and "| −0.60 [" not in md
+    assert "- digits 10 case4: Δ no p; fair Δ p=" in md  # p-values in a line under the table
 
 
 def test_holm_adjusts_in_order_and_stops_at_the_first_p_above_its_threshold():
