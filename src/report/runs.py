@@ -25,7 +25,7 @@ DATASET_ORDER = ["mnist", "svhn", "cifar10"]
 METHOD_ORDER = ["hal"]  # the paper's method first, the others by name
 DEFAULT_METHOD, DEFAULT_POSITION = "hal", 3
 # A random-tree run (case.name=random, case.of=<case>, case.shuffle_seed=<int>) is grouped as ``random(<case>)``,
-# pooled over shuffle seeds, and compared with the same method on the real tree (src.report_control).
+# pooled over shuffle seeds, and compared with the same method on the real tree (src.report.control).
 RANDOM_CASE = "random"  # what records written before methods existed were
 # Scalar record fields that describe a run rather than measure it.
 DESCRIPTIONS = frozenset({"seed", "depth", "epochs", "position", "resumed_at_epoch"})

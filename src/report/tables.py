@@ -1,6 +1,6 @@
 """Sweep dirs -> short tables that answer one question each (``table.md``; every number in ``table.csv``),
-the paper's Figures 2-7 (``src.report.figures``), the trade-off figure (``src.report_tradeoff``) and ``report.html``,
-one self-contained page with all of them (``src.report_page``).
+the paper's Figures 2-7 (``src.report.figures``), the trade-off figure (``src.report.tradeoff``) and ``report.html``,
+one self-contained page with all of them (``src.report.page``).
 
     python -m src.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--alpha 0.05]
 
@@ -22,11 +22,11 @@ from typing import Optional
 from src.run.errors import exit_code
 from src.report.figures import write_figures
 from src.report.paper import PAPER_DEPTH
-from src.report_control import add_tree_columns, tree_tables
-from src.report_page import page
-from src.report_questions import Table, question_tables
-from src.report_questions import markdown as questions_markdown
-from src.report_tradeoff import write_tradeoff
+from src.report.control import add_tree_columns, tree_tables
+from src.report.page import page
+from src.report.questions import Table, question_tables
+from src.report.questions import markdown as questions_markdown
+from src.report.tradeoff import write_tradeoff
 from src.report.rows import ALPHA, EXPECTED_SEEDS, table_rows
 from src.report.runs import DEFAULT_POSITION, Group, ReportError, Run, group_runs, load_runs  # noqa: F401 (API)
 
@@ -81,7 +81,7 @@ def recipe_note(runs: list[Run]) -> str:
 
 
 def markdown(rows: list[dict], runs: list[Run], methods: bool = False, alpha: float = ALPHA) -> str:
-    """The question tables (``src.report_questions``; the random-tree control's where it has rows), then the
+    """The question tables (``src.report.questions``; the random-tree control's where it has rows), then the
     notes; ``methods``: the layout that compares methods (``METHOD_NOTES``) instead of the paper's."""
     notes = _notes(rows, runs, methods, alpha)
     return questions_markdown(tables(rows, methods)) + "\n".join(["", "## Notes"] + notes) + "\n"

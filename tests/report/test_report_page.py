@@ -12,7 +12,7 @@ import pytest
 import chromium
 from report_sweeps import methods_digits_sweep
 from src.report.tables import main
-from src.report_page import FIGURES
+from src.report.page import FIGURES
 
 needs_chromium = pytest.mark.skipif(chromium.executable() is None,
                                     reason="Chromium is absent: `make test-report-page` installs it (apt) and runs this")

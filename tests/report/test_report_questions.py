@@ -8,9 +8,9 @@ from scipy import stats
 
 from report_sweeps import methods_digits_sweep, write_config
 from src.report.tables import markdown, methods_shown, write_csv
-from src.report_control import add_tree_columns, copied_case, tree_tables
-from src.report_questions import MAX_COLUMNS, delta_cell, question_tables
-from src.report_tradeoff import points, tradeoff_figure
+from src.report.control import add_tree_columns, copied_case, tree_tables
+from src.report.questions import MAX_COLUMNS, delta_cell, question_tables
+from src.report.tradeoff import points, tradeoff_figure
 from src.report.rows import table_rows
 from src.report.runs import group_runs, load_runs
 from helpers import write_run

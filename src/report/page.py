@@ -1,6 +1,6 @@
 """``report.html``: the report's tables and figures on one self-contained page.
 
-One section per question (``src.report_questions``), its table with a sticky header, its footnotes, and
+One section per question (``src.report.questions``), its table with a sticky header, its footnotes, and
 under it the figures that belong to it, inlined as base64 PNG (``FIGURES``); at the top, a line per sweep dir
 on what it was (command, commits, machine, seeds, runs not counted and why). No network, no script: the
 page opens from the sweep dir, or from anywhere it is copied to. Built with ``string.Template``.
@@ -14,7 +14,7 @@ from string import Template
 
 import yaml
 
-from src.report_questions import HELP, HINT, MISTAKES, QUESTIONS, Table
+from src.report.questions import HELP, HINT, MISTAKES, QUESTIONS, Table
 from src.report.runs import Run, natural
 
 UNFINISHED = "unfinished: still running, or killed (re-run the sweep to resume it)"

@@ -5,11 +5,11 @@
     How bad are the mistakes?        severity, HD@k, ECE, level / superclass accuracy, learned-tree scores
     At what cost?                    images/s, FLOPs, parameters at training and inference, epochs
     Does the tree's meaning matter?  a method on the real tree against the same method on a random one
-                                     (only with random-tree runs: ``src.report_control``)
+                                     (only with random-tree runs: ``src.report.control``)
 
 A Δ cell reads ``−0.80 [−1.03, −0.58] ✓ better``; its p-value, Holm value, test and the seeds a paired test
 would need go to one footnote line per row, and every number, unrounded, to ``table.csv``. Rendered as
-Markdown here (``table.md``) and as HTML by ``src.report_page``; both read the same ``Table``s.
+Markdown here (``table.md``) and as HTML by ``src.report.page``; both read the same ``Table``s.
 """
 import math
 import re

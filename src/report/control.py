@@ -15,7 +15,7 @@ import math
 import re
 from typing import Optional
 
-from src.report_questions import TREE, Column, Table, build, cell, delta_cell, delta_footnote, error_cell, identity
+from src.report.questions import TREE, Column, Table, build, cell, delta_cell, delta_footnote, error_cell, identity
 from src.report.runs import Group, RANDOM_CASE as RANDOM
 from src.report.stats import compare, holm, seeds_needed, verdict
 
