@@ -27,7 +27,7 @@ test-all: venv  ## Run every test, the slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
 test-slurm: venv  ## The SLURM suite on a one-node cluster it starts here (apt-installs SLURM if missing; needs root; ~15 min)
-	$(PY) -m pytest -m slurm -q tests/test_slurm.py $(ARGS)
+	$(PY) -m pytest -m slurm -q tests/test_slurm.py tests/test_slurm_tune.py $(ARGS)
 
 bench: venv  ## Run the benchmarks (parity, data pipeline, default run, memory); prints JSON
 	$(PY) -m bench.parity $(ARGS)
