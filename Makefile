@@ -27,7 +27,7 @@ test-all: venv  ## Run every test, the slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
 test-slurm: venv  ## The SLURM suite on a one-node cluster it starts here (apt-installs SLURM if missing; needs root; ~15 min)
-	$(PY) -m pytest -m slurm -q tests/test_slurm.py $(ARGS)
+	$(PY) -m pytest -m slurm -q tests/test_slurm.py tests/test_slurm_tune.py $(ARGS)
 
 test-report-page: venv  ## report.html rendered in headless Chromium: figures load, tables there, no network (apt-installs Chromium if missing; needs root)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)

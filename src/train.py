@@ -117,13 +117,17 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     # A run resumed after its last epoch fits nothing: that epoch's metrics are then in the history.
     val = trainer.callback_metrics or (history.rows[-1] if history.rows else {})
     val_error = float(val["val/error"]) if "val/error" in val else None  # read before test() replaces them
-    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    record.update(test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
-                  val_error=val_error, **module.test_heads, **module.parameter_counts())
+    if cfg.get("test", True):  # test=false (tuning trials, src/tuning/): the test split is never read
+        test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        record.update(test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
+                      **module.test_heads)
+    record.update(val_error=val_error, **module.parameter_counts())
     for callback in run_callbacks:  # what the extra passes measured (protocols, throughput, resume, probes)
         record.update(getattr(callback, "record", {}))
     # debug=fast / debug=overfit: a record no sweep skips and no report counts.
-    record.update(duration_s=round(time.time() - start, 2), status="debug" if cfg.get("debug_run") else "finished")
+    # test=false: "validated", a record no report counts either (it has no test error).
+    status = "debug" if cfg.get("debug_run") else "finished" if cfg.get("test", True) else "validated"
+    record.update(duration_s=round(time.time() - start, 2), status=status)
     log_final(logger, cfg, {f"hparams/{k}": v for k, v in record.items() if isinstance(v, float)
                             and k.startswith("test_")}, trainer.global_step)
     write_json(run_dir / "metrics.json", record)

@@ -27,9 +27,11 @@ from doc_commands import (NEEDS, ROOT, DocCommand, anchors, broken_links, collec
 from helpers import FAST, compose_cfg
 from src.run.config import check_config
 from src.run.errors import ConfigError
+from src.tuning.tuner import check_tune
 from helpers import write_run
 
 COMMANDS = collect()
+COMPOSED = ("src.train", "src.tune")  # Hydra apps: a documented line is composed, not run
 RUN = "outputs/runs/fixture_run"
 PLACEHOLDERS = {"<run>": "fixture_run", "RUN_DIR": RUN, "SWEEP_DIR": "outputs/sweeps/fixture"}
 # The fixture run's class vectors point in three directions: discovery with --k 3 must find these groups.
@@ -123,7 +125,7 @@ def test_every_marker_names_what_this_machine_lacks():
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.where for c in COMMANDS])
 def test_documented_command(command, doc_workspace):
     if command.needs:
-        if command.program == "src.train":  # composing needs no GPU, download or cluster
+        if command.program in COMPOSED:  # composing needs no GPU, download or cluster
             check(command, doc_workspace)
         pytest.skip(f"needs {', '.join(command.needs)}: {command.where}: {command.text}")
     check(command, doc_workspace)
@@ -167,8 +169,11 @@ def check(command: DocCommand, workspace: Path) -> None:
     args = [fill(a, command) for a in command.args]
     if command.program == "make":
         check_make(command, args, workspace)
-    elif command.program == "src.train":
-        check_config(compose_train(args))
+    elif command.program in COMPOSED:
+        cfg = compose_train(args)
+        check_config(cfg)
+        if command.program == "src.tune":  # a study takes minutes: its lines compose, tests/tuning/ runs them
+            check_tune(cfg)
     else:
         run_module(command, args, workspace)
 

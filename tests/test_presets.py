@@ -10,7 +10,8 @@ from helpers import CONF, FAST, compose_cfg
 from src.run.resume import finished_record
 from src.run.summary import sweep_summary
 
-PRESETS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml"))
+TUNE_PRESETS = ["tune_cifar10", "tune_digits", "tune_mnist"]  # python -m src.tune's (tests/tuning/)
+PRESETS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml") if p.stem not in TUNE_PRESETS)
 SEEDS = ["0", "1", "2", "3", "4"]
 
 
@@ -27,6 +28,7 @@ def sweep_values(params) -> dict[str, list[str]]:
 def test_the_experiment_group_lists_exactly_the_presets():
     assert PRESETS == ["methods_cifar10", "methods_cifar100", "methods_digits", "methods_mnist", "methods_svhn",
                        "smoke", "table2_cifar10", "table2_cifar100", "table2_digits", "table2_mnist", "table2_svhn"]
+    assert sorted(p.stem for p in Path(CONF, "experiment").glob("tune_*.yaml")) == TUNE_PRESETS
 
 
 @pytest.mark.parametrize("preset", PRESETS)

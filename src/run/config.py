@@ -40,6 +40,8 @@ def check_config(cfg: DictConfig) -> None:
     """Raise a one-line ``ConfigError`` for a key its schema lacks, or the first key out of its range;
     absent keys are skipped."""
     _check_keys(cfg)
+    if cfg.get("test") is False and cfg.get("test_curve"):
+        raise ConfigError("test_curve=true reads the test split after every epoch: it needs test=true")
     for key, ok, must in RULES:
         value = OmegaConf.select(cfg, key, default=MISSING)
         if value is MISSING:
@@ -217,6 +219,8 @@ class Config:
     threads: Optional[int] = 1  # torch.set_num_threads; null: torch's default
     print_config: bool = False
     debug_run: bool = False
+    test: bool = True  # false: fit only, no test pass (tuning trials: the test split is never read)
+    tune: Any = None  # conf/tune/: the Optuna study of python -m src.tune (src/tuning/)
 
 
 # The base each conf/dataset/*.yaml names first in its defaults list.

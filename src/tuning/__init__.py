@@ -1,0 +1,1 @@
+"""Fair tuning: one Optuna study per arm, equal budgets, resumable and prunable, then a five-seed confirmation."""
