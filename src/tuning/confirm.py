@@ -95,12 +95,17 @@ def confirm(tune: DictConfig) -> dict:
 
 
 def with_column(markdown: str, header: str, cells: list[str]) -> str:
-    """``markdown``'s first table with one more column: ``header``, then ``cells`` row by row."""
+    """``markdown``'s first table (the report's "Does it help?", one row per group in the rows' order) with one more
+    column: ``header``, then ``cells`` row by row."""
     lines = markdown.split("\n")
-    lines[0] += f" {header} |"
-    lines[1] += "---|"
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    if end - start - 2 != len(cells):
+        raise ValueError(f"the report's first table has {end - start - 2} rows for {len(cells)} groups")
+    lines[start] += f" {header} |"
+    lines[start + 1] += "---|"
     for i, cell in enumerate(cells):
-        lines[2 + i] += f" {cell.replace('|', '/')} |"
+        lines[start + 2 + i] += f" {cell.replace('|', '/')} |"
     return "\n".join(lines)
 
 

@@ -216,7 +216,7 @@ def test_the_confirmation_trains_each_best_trial_and_adds_the_tuned_column(tmp_p
         assert record["status"] == "finished" and record["seed"] == int(seed) and "test_error" in record
         assert OmegaConf.load(tmp_path / "confirm" / run / "tuned.yaml") == {"arm": arm, "trial": 0,
                                                                               "optimizer.lr": best[arm]}
-    lines = result["markdown"].splitlines()
+    lines = [line for line in result["markdown"].splitlines() if line.startswith("|")]
     assert lines[0].endswith(" tuned |") and (tmp_path / "confirm" / "table.md").read_text() == result["markdown"]
     rows = {line.split(" | ")[2]: line for line in lines[2:4]}
     assert rows["baseline"].endswith("| 2 trials × 1 epoch (2 complete); best val 10.00 %: optimizer.lr=0.5 |")
