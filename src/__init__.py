@@ -30,6 +30,17 @@ def _default_depth(dataset: str) -> int:
 OmegaConf.register_new_resolver("default_depth", _default_depth, replace=True)
 
 
+def _last_stage(target: str) -> int:
+    from hydra.utils import get_class
+
+    return max(getattr(get_class(target), "stage_numbers", (1, 2, 3)))
+
+
+# `${last_stage:${model._target_}}` in conf/method/*.yaml: the default method.position, after the network's last
+# stage (the paper's place): 3 on the pre-activation ResNet, 4 on torchvision's (layer4).
+OmegaConf.register_new_resolver("last_stage", _last_stage, replace=True)
+
+
 def _slurm_tasks(devices) -> int:
     """The number of devices ``trainer.devices`` names (1 for "auto"): one SLURM task per device, as Lightning's
     SLURM environment requires ``--ntasks-per-node`` to equal ``trainer.devices``."""

@@ -11,6 +11,7 @@ None of them changes weights, BatchNorm statistics or random state, and nothing 
 training or model selection. A callback's ``record`` (a dict) is added to the run's ``metrics.json``. The callbacks of resuming are in ``src/run/resume.py``.
 """
 import contextlib
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,9 +25,12 @@ import torch.nn.functional as F
 from src.data.pipeline import normalize
 from src.data.superclasses import Case
 from src.evaluation.protocols import PROTOCOLS, confusion_figure, error, evaluation_record, masked_scores, protocol_scores
-from src.evaluation.mistakes import mistake_record
+from src.evaluation_scale import DENSE_CONFUSION_LIMIT, sparse_confusion
+from src.evaluation.mistakes import MistakeMetrics
 from src.run.records import write_atomic
 from src.data.tree import ClassTree
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -155,8 +159,9 @@ class TestProtocols(pl.Callback):
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         k = len(self.class_names)
+        dense = k <= DENSE_CONFUSION_LIMIT  # else each protocol's (label, prediction) pairs, made sparse at the end
         confusions: dict[str, torch.Tensor] = {}
-        scored, labels = [], []  # the metrics protocol's scores, for the mistake metrics
+        mistakes, scored = MistakeMetrics(self.hierarchy, k), False  # the metrics protocol's, batch by batch
         fed = self.case.table if self.case is not None else None
         for batch_idx, (images, superclass, label) in enumerate(eval_batches(trainer, pl_module, "test")):
             generator = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + batch_idx)
@@ -166,27 +171,33 @@ class TestProtocols(pl.Callback):
             scores.update({f"masked/{name}": masked_scores(scores["oracle"], label, table)
                            for name, table in self.masked.items()})
             for protocol, score in scores.items():
-                counts = confusion_counts(score.argmax(1), label, k)
-                confusions[protocol] = confusions[protocol] + counts if protocol in confusions else counts
+                if dense:
+                    counts = confusion_counts(score.argmax(1), label, k)
+                    confusions[protocol] = confusions[protocol] + counts if protocol in confusions else counts
+                else:
+                    confusions.setdefault(protocol, []).append((label.cpu(), score.argmax(1).cpu()))
             if self.metrics_protocol in scores:
-                scored.append(scores[self.metrics_protocol].float().cpu())
-                labels.append(label.cpu())
-        matrices = {p: confusions[p].numpy() if p in confusions else None for p in PROTOCOLS}
+                mistakes.update(scores[self.metrics_protocol], label)
+                scored = True
+        confusions = {p: c.numpy() if dense else
+                      sparse_confusion(torch.cat([t for t, _ in c]), torch.cat([q for _, q in c]), k)
+                      for p, c in confusions.items()}
+        matrices = {p: confusions.get(p) for p in PROTOCOLS}
         vectors = pl_module.net.class_vectors().detach().float().cpu().numpy()
         # The learned distances in the model's own metric: arccos for an arccos proxy head (ProxyDR's code).
         distance = getattr(pl_module.method, "distance", "euc")
         self.record = evaluation_record(matrices, self.table, self.metrics_protocol, vectors, self.hierarchy, distance)
-        self.record["test_error_masked"] = {name: error(confusions[f"masked/{name}"].numpy()) for name in self.masked}
+        self.record["test_error_masked"] = {name: error(confusions[f"masked/{name}"]) for name in self.masked}
         self.record.update(eval_hierarchy=self.table, inferred_rule=self.inferred_rule)
         if scored:
-            self.record.update(mistake_record(torch.cat(scored), torch.cat(labels), self.hierarchy))
+            self.record.update(mistakes.compute())
         for key, value in self.record.items():
             if isinstance(value, float):
                 pl_module.log(f"test/{key.removeprefix('test_')}", value)
         for name, value in self.record["test_error_masked"].items():
             pl_module.log(f"test/error_masked_{name}", value)
         protocol = self.metrics_protocol
-        if matrices[protocol] is not None:
+        if matrices[protocol] is not None and dense:  # no figure of 10,000 × 10,000 cells
             figure = confusion_figure(matrices[protocol], self.table, self.class_names,
                                       f"test, {protocol} protocol: error {self.record[f'test_error_{protocol}']:.2f} %")
             if trainer.is_global_zero:  # every rank computes it (the whole test set); one writes it
@@ -213,6 +224,10 @@ class DiscoveryInputs(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         k = len(self.class_names)
+        if k > DENSE_CONFUSION_LIMIT:  # two dense (K, K) confusions: 1.2 GB at 10,000 classes
+            log.warning("hierarchy.npz not written: discovery clusters a dense confusion, and %d classes are more "
+                        "than %d", k, DENSE_CONFUSION_LIMIT)
+            return
         hard = torch.zeros(k, k, dtype=torch.long)
         soft = torch.zeros(k, k, dtype=torch.float32)
         for images, superclass, label in eval_batches(trainer, pl_module, "val"):

@@ -15,14 +15,20 @@ The two distances are monotone in each other, so the mean correlation is the sam
 which averages distances, is not. Ties in d_T (every tree has them) are broken by class order, as Biopython does:
 the reference tree is one binary resolution of the class tree, and which one depends on the order of the classes
 (docs/hierarchy.md).
+
+At 10,000 classes (docs/performance.md, "Metrics at 10,000 classes"): d_T is read from the tree's one uint8
+LCA-height matrix, the correlations are taken a block of columns at a time, WPGMA costs O(K²) (``wpgma_merges``)
+and the splits are compared by hashes of their leaf sets.
 """
 from typing import Optional, Union
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from src.data.tree import ClassTree, as_tree
 
+COLUMNS_PER_BLOCK = 256  # classes whose columns ``hierarchy_mean_corr`` ranks at once: (K, 256) arrays
+SPLIT_HASH_SEED = 20240624
 Tree = Optional[Union[ClassTree, list, tuple]]  # a ClassTree, or a class -> superclass table (a two-level tree)
 
 
@@ -54,47 +60,102 @@ def hierarchy_mean_corr(class_vectors: np.ndarray, tree: Tree, distance: str = "
     tree = as_tree(tree)
     if tree is None or tree.num_classes < 3:
         return None
-    d, d_t = representative_distances(class_vectors, distance), tree_distance_matrix(tree)
+    # A block of columns at a time (no float (K, K) matrix): ρ_i is the Pearson correlation of the columns' average
+    # ranks, which is what spearmanr computes.
+    w, heights, k = _normalised(class_vectors), tree.lca_heights, tree.num_classes
+    rho = []
+    for start in range(0, k, COLUMNS_PER_BLOCK):
+        cols = np.arange(start, min(start + COLUMNS_PER_BLOCK, k))
+        d, d_t = _distance_columns(w, cols, distance), heights[:, cols]
+        rho.append(_column_correlations(d, d_t))
     with np.errstate(divide="ignore", invalid="ignore"):
-        rho = [spearmanr(d[:, i], d_t[:, i]).statistic if np.ptp(d[:, i]) and np.ptp(d_t[:, i]) else np.nan
-               for i in range(len(d))]
-        z = np.arctanh(np.asarray(rho, dtype=np.float64))
+        z = np.arctanh(np.concatenate(rho))
         if np.all(np.isnan(z)):
             return None
         mean = float(np.tanh(np.nanmean(z)))
     return mean if np.isfinite(mean) else None
 
 
-def wpgma_clusters(d: np.ndarray) -> list[frozenset]:
-    """The clusters of Biopython's ``DistanceTreeConstructor.upgma`` tree of d, merge by merge (a port).
+def _normalised(class_vectors: np.ndarray) -> np.ndarray:
+    w = np.asarray(class_vectors, dtype=np.float64)
+    return w / np.linalg.norm(w, axis=1, keepdims=True)
+
+
+def _distance_columns(w: np.ndarray, cols: np.ndarray, distance: str) -> np.ndarray:
+    """Columns ``cols`` of ``representative_distances`` (K, len(cols)), from normalised vectors."""
+    cos = np.clip(w @ w[cols].T, -1.0, 1.0)
+    d = np.arccos(cos) if distance == "arccos" else np.sqrt(2.0 - 2.0 * cos)
+    d[cols, np.arange(len(cols))] = 0.0
+    return d
+
+
+def _column_correlations(d: np.ndarray, d_t: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of each column pair (average ranks); NaN where either column is constant."""
+    constant = (np.ptp(d, axis=0) == 0) | (np.ptp(d_t, axis=0) == 0)
+    a, b = rankdata(d, axis=0), rankdata(d_t, axis=0)
+    a -= a.mean(0)
+    b -= b.mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    return np.where(constant, np.nan, np.clip(rho, -1.0, 1.0))
+
+
+def wpgma_merges(d: np.ndarray, copy: bool = True) -> list[tuple[int, int]]:
+    """The merges of Biopython's ``DistanceTreeConstructor.upgma`` on d (a port), as (i, j), j < i: the slots of the
+    two clusters, numbered as the classes; the merged cluster keeps slot j.
 
     Each step merges the closest pair; ties go to the last pair in the scan order of the lower triangle (row i,
-    then column j < i), since the code keeps a pair when ``min_dist >= d[i, j]``. The merged cluster takes the
-    smaller index and its distance to every other is the plain mean (d_ik + d_jk)/2: WPGMA, whatever the name.
+    then column j < i), since the code keeps a pair when ``min_dist >= d[i, j]``. The merged cluster's distance to
+    every other is the plain mean (d_ik + d_jk)/2: WPGMA, whatever the name. The code deletes row and column i,
+    which keeps the order of the rest: the slots here keep it too. Each row caches its minimum (and the last column
+    holding it), so a step costs O(K) rather than a scan of the whole triangle: O(K²) in all, 10,000 classes in
+    seconds. ``copy=False`` works in d itself (float64), which it overwrites.
     """
-    d = np.array(d, dtype=np.float64)
-    clusters = [frozenset([i]) for i in range(len(d))]
+    d = np.array(d, dtype=np.float64) if copy or np.asarray(d).dtype != np.float64 else d
+    k = len(d)
+    np.fill_diagonal(d, np.inf)  # only j < i is read; the diagonal never is
+    row_min, row_arg = np.full(k, np.inf), np.zeros(k, dtype=np.int64)
+    active = np.ones(k, dtype=bool)
+
+    def recompute(x: int) -> None:
+        if x:
+            row = d[x, :x]
+            last = x - 1 - int(np.argmin(row[::-1]))  # the last column holding the minimum
+            row_min[x], row_arg[x] = row[last], last
+
+    for x in range(1, k):
+        recompute(x)
     merges = []
-    while len(clusters) > 1:
-        rows, cols = np.tril_indices(len(d), k=-1)  # row-major: the code's double loop
-        values = d[rows, cols]
-        last = np.flatnonzero(values == values.min())[-1]
-        i, j = int(rows[last]), int(cols[last])  # j < i
-        merged = clusters[i] | clusters[j]
-        merges.append(merged)
-        d[j, :] = d[:, j] = (d[i, :] + d[j, :]) / 2
-        d[j, j] = 0.0
-        d = np.delete(np.delete(d, i, axis=0), i, axis=1)
-        clusters[j] = merged
-        del clusters[i]
+    for _ in range(k - 1):
+        i = int(np.flatnonzero(row_min == row_min.min())[-1])
+        j = int(row_arg[i])
+        merges.append((i, j))
+        merged = (d[i] + d[j]) / 2          # inactive slots hold inf and stay inf
+        merged[j] = np.inf
+        d[j, :] = merged
+        d[:, j] = merged
+        d[i, :] = np.inf
+        d[:, i] = np.inf
+        active[i], row_min[i] = False, np.inf
+        recompute(j)
+        below = np.flatnonzero(active[j + 1:]) + j + 1   # rows whose column j changed (or lost column i)
+        stale = (row_arg[below] == j) | (row_arg[below] == i)
+        value = d[below, j]
+        better = ~stale & ((value < row_min[below]) | ((value == row_min[below]) & (j > row_arg[below])))
+        row_min[below[better]], row_arg[below[better]] = value[better], j
+        for x in below[stale]:
+            recompute(int(x))
     return merges
 
 
-def _splits(clusters: list[frozenset], k: int) -> set[frozenset]:
-    """Non-trivial bipartitions of an unrooted tree from its rooted clusters: both sides ≥ 2 leaves, each named
-    by the side without leaf 0 (so a cluster and its complement are one split)."""
-    everything = frozenset(range(k))
-    return {c if 0 not in c else everything - c for c in clusters if 2 <= len(c) <= k - 2}
+def wpgma_clusters(d: np.ndarray) -> list[frozenset]:
+    """The clusters of Biopython's ``DistanceTreeConstructor.upgma`` tree of d, merge by merge (``wpgma_merges``)."""
+    members = [frozenset([i]) for i in range(len(d))]
+    clusters = []
+    for i, j in wpgma_merges(d):
+        members[j] = members[j] | members[i]
+        clusters.append(members[j])
+    return clusters
 
 
 def hierarchy_rf(class_vectors: np.ndarray, tree: Tree, distance: str = "euc") -> Optional[float]:
@@ -111,7 +172,25 @@ def hierarchy_rf(class_vectors: np.ndarray, tree: Tree, distance: str = "euc") -
     if tree is None or tree.num_classes < 4:
         return None
     k = tree.num_classes
-    reference = _splits(wpgma_clusters(tree_distance_matrix(tree)), k)
-    learned = _splits(wpgma_clusters(representative_distances(class_vectors, distance)), k)
+    reference = _split_keys(wpgma_merges(tree.lca_heights), k)  # WPGMA of h = of 2h (same merges, halved heights)
+    learned = _split_keys(wpgma_merges(representative_distances(class_vectors, distance), copy=False), k)
     total = len(reference) + len(learned)
     return len(reference ^ learned) / total if total else None
+
+
+def _split_keys(merges: list[tuple[int, int]], k: int) -> set[tuple[int, int]]:
+    """The non-trivial splits (both sides ≥ 2 leaves) of the clusters the merges make, each named by a 128-bit hash of its side without leaf 0
+    (the sum of its leaves' random 64-bit pairs, mod 2^64): no set of up to K leaves per cluster, O(K) in all. Two
+    different splits share a name with a chance below K² / 2^128."""
+    leaf = np.random.default_rng(SPLIT_HASH_SEED).integers(0, 2**64 - 1, size=(k, 2), dtype=np.uint64, endpoint=True)
+    total = leaf.sum(0)  # uint64: wraps mod 2^64
+    hashes, size, has_zero = leaf.copy(), np.ones(k, dtype=np.int64), np.arange(k) == 0
+    keys = set()
+    for i, j in merges:
+        hashes[j] += hashes[i]
+        size[j] += size[i]
+        has_zero[j] |= has_zero[i]
+        if 2 <= size[j] <= k - 2:
+            side = total - hashes[j] if has_zero[j] else hashes[j]
+            keys.add((int(side[0]), int(side[1])))
+    return keys

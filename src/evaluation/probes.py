@@ -127,12 +127,13 @@ class StageProbes(pl.Callback):
     def stage_features(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str,
                        index: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
         """({stage: pooled features (n, C_k) on the CPU}, labels (n,)) of ``index`` of the split."""
-        captured: dict[int, list[torch.Tensor]] = {k: [] for k in STAGES}
+        stages = getattr(pl_module.net, "stage_numbers", STAGES)  # 1-4 on torchvision's ResNets
+        captured: dict[int, list[torch.Tensor]] = {k: [] for k in stages}
 
         def hook(k):
             return lambda module, inputs, output: captured[k].append(output.float().mean((2, 3)).cpu())
 
-        handles = [pl_module.net.stages[k - 1].register_forward_hook(hook(k)) for k in STAGES]
+        handles = [pl_module.net.stages[k - 1].register_forward_hook(hook(k)) for k in stages]
         labels = []
         try:
             for images, superclass, label in eval_batches(trainer, pl_module, split, index):
@@ -154,7 +155,7 @@ class StageProbes(pl.Callback):
         targets = {"class": (y_fit, y_score, trainer.datamodule.num_classes)}
         if table is not None and int(table.max()) >= 1:
             targets["superclass"] = (table[y_fit], table[y_score], int(table.max()) + 1)
-        for k in STAGES:
+        for k in x_fit:
             for name, (fit, score, n) in targets.items():
                 pl_module.log(f"probe/stage{k}_{name}_acc",
                               probe_accuracy(x_fit[k], fit, x_score[k], score, n, self.lam))

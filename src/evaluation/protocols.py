@@ -22,16 +22,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from scipy.sparse import issparse
 from scipy.spatial.distance import pdist, squareform
-from scipy.stats import spearmanr
 
 from src.data.superclasses import Case
 from src.run.errors import UserError
+from src.evaluation_scale import pair_spearman, sparse_hierarchy_metrics
 from src.evaluation.hierarchy import hierarchy_mean_corr, hierarchy_rf
 from src.data.tree import ClassTree, as_tree
 
 
 PROTOCOLS = ("oracle", "inferred", "shuffled")
+CANDIDATE_ELEMENTS = 2**27  # logits the inferred protocol holds at once, (B, S, K): 512 MB of float32
 INFERRED_RULES = ("softmax", "logit")
 
 
@@ -107,12 +109,44 @@ def protocol_scores(
     s = net.auxiliary.num_superclasses
     # The oracle call has the same shape as the training/test step, so its logits match test_error bit for bit.
     oracle = net.forward_head(h, F.one_hot(superclass, s).to(torch.float32), extras).logits
+    wrong = wrong_superclass(superclass, s, generator) if generator is not None and s > 1 else None
+    if s * oracle.numel() > CANDIDATE_ELEMENTS:  # thousands of superclasses × classes: a few at a time
+        return {"oracle": oracle, **chunked_protocol_scores(net, h, extras, table, rule, wrong)}
     candidates = candidate_logits(net, h, extras, s)
     scores = {"oracle": oracle, "inferred": inferred_scores(candidates, table, rule)}
-    if generator is not None and s > 1:
-        wrong = wrong_superclass(superclass, s, generator)
+    if wrong is not None:
         scores["shuffled"] = candidates[torch.arange(len(h), device=h.device), wrong]
     return scores
+
+
+def chunked_protocol_scores(net: torch.nn.Module, h: torch.Tensor, extras: dict, table: Sequence[int], rule: str,
+                            wrong: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``inferred`` (and ``shuffled`` given the ``wrong`` superclasses) of ``protocol_scores`` with the candidate
+    superclasses fed a block at a time, so that no more than ``CANDIDATE_ELEMENTS`` logits exist at once: at
+    10,000 classes and 4,884 superclasses (iNaturalist's genera) all (B, S, K) would be 100 GB for 512 images.
+    The same values, from smaller head calls."""
+    if rule not in INFERRED_RULES:
+        raise EvaluationConfigError(f"unknown inferred rule '{rule}'; choose one of {list(INFERRED_RULES)}")
+    s, b = net.auxiliary.num_superclasses, len(h)
+    t = torch.as_tensor(table, device=h.device)
+    inferred, shuffled = None, None
+    step = max(1, CANDIDATE_ELEMENTS // (b * len(t)))
+    for first in range(0, s, step):
+        last = min(s, first + step)
+        x_star = torch.eye(s, device=h.device)[first:last].repeat_interleave(b, dim=0)  # s-major, as candidate_logits
+        repeated = {key: v.repeat(last - first, *[1] * (v.dim() - 1)) for key, v in extras.items()}
+        logits = net.forward_head(h.repeat(last - first, *[1] * (h.dim() - 1)), x_star, repeated).logits
+        logits = logits.view(last - first, b, -1).transpose(0, 1)  # (B, block, K)
+        scored = logits.float().log_softmax(dim=-1) if rule == "softmax" else logits
+        if inferred is None:
+            inferred = torch.empty(b, len(t), dtype=scored.dtype, device=h.device)
+            shuffled = torch.empty(b, len(t), dtype=logits.dtype, device=h.device) if wrong is not None else None
+        classes = torch.nonzero((t >= first) & (t < last)).squeeze(1)
+        inferred[:, classes] = scored[:, t[classes] - first, classes]
+        if wrong is not None:
+            rows = torch.nonzero((wrong >= first) & (wrong < last)).squeeze(1)
+            shuffled[rows] = logits[rows, wrong[rows] - first]
+    return {"inferred": inferred, **({"shuffled": shuffled} if wrong is not None else {})}
 
 
 def masked_scores(logits: torch.Tensor, label: torch.Tensor, table: Sequence[int]) -> torch.Tensor:
@@ -138,8 +172,9 @@ def masked_tables(case: Optional[Case], cases: Mapping[str, Case], auxiliary: bo
 # --- hierarchy metrics (all in %) -----------------------------------------------------------------
 
 def error(confusion: np.ndarray) -> Optional[float]:
+    """Error % of a confusion, dense or sparse (``src.evaluation_scale``)."""
     total = confusion.sum()
-    return float(100 * (1 - np.trace(confusion) / total)) if total else None
+    return float(100 * (1 - confusion.diagonal().sum() / total)) if total else None
 
 
 def hierarchy_metrics(confusion: Optional[np.ndarray], table: Optional[Sequence[int]]) -> dict:
@@ -151,6 +186,8 @@ def hierarchy_metrics(confusion: Optional[np.ndarray], table: Optional[Sequence[
     out = {"superclass_acc": None, "within_superclass_mistakes": None, "per_superclass_error": None}
     if table is None or confusion is None or not np.sum(confusion):
         return out
+    if issparse(confusion):  # above DENSE_CONFUSION_LIMIT classes
+        return sparse_hierarchy_metrics(confusion, table)
     confusion = np.asarray(confusion, dtype=np.float64)
     total = confusion.sum()
     t = np.asarray(table)
@@ -183,11 +220,8 @@ def hierarchy_spearman(class_vectors: np.ndarray, tree) -> Optional[float]:
     """
     if tree is None:
         return None
-    d_t = tree_distances(tree)
-    if np.ptp(d_t) == 0:
-        return None
-    rho = spearmanr(pdist(np.asarray(class_vectors, dtype=np.float64), "cosine"), d_t).statistic
-    return float(rho) if np.isfinite(rho) else None
+    return pair_spearman(pdist(np.asarray(class_vectors, dtype=np.float64), "cosine"),
+                         squareform(as_tree(tree).lca_heights, checks=False))
 
 
 def evaluation_record(

@@ -77,10 +77,14 @@ class DKS(Method):
         self.weight, self.temperature = weight, temperature
 
     def attach(self, net: nn.Module, num_classes: int, num_superclasses: int) -> None:
-        branch1, branch2 = dks_branches(*(net.stage_channels(k) for k in (1, 2, 3)), net.blocks_per_stage,
-                                        num_classes)
-        net.add_tap("branch1", 1, branch1)
-        net.add_tap("branch2", 2, branch2)
+        if hasattr(net, "dks_branches"):  # a backbone that builds its own (src/models/torchvision_resnet.py)
+            (stage1, branch1), (stage2, branch2) = sorted(net.dks_branches(num_classes).items())
+        else:
+            branch1, branch2 = dks_branches(*(net.stage_channels(k) for k in (1, 2, 3)), net.blocks_per_stage,
+                                            num_classes)
+            stage1, stage2 = 1, 2
+        net.add_tap("branch1", stage1, branch1)
+        net.add_tap("branch2", stage2, branch2)
         self.class_taps = self.heads
 
     def loss(self, output: NetOutput, label: torch.Tensor, superclass: torch.Tensor) -> torch.Tensor:

@@ -180,9 +180,18 @@ class FolderConfig(DatasetConfig):
 
 @dataclass
 class ModelConfig:
+    """model=preact (conf/model/preact.yaml)."""
     _target_: str = "src.models.PreActResNet"
     depth: int = MISSING
     widen_factor: int = 1
+
+
+@dataclass
+class TorchvisionModelConfig:
+    """model=resnet18 | resnet50 (conf/model/)."""
+    _target_: str = "src.models.torchvision_resnet.TorchvisionResNet"
+    arch: str = MISSING
+    weights: Optional[str] = None
 
 
 @dataclass
@@ -201,7 +210,7 @@ class Config:
     stay open (``Any``)."""
     seed: Optional[int] = 0
     depth: int = MISSING  # conf/config.yaml: ${dataset.depth}
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = MISSING  # typed by each option's base (MODEL_SCHEMAS)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     dataset: Any = MISSING  # typed by each option's base (DATASET_SCHEMAS)
     trainer: TrainerConfig = MISSING
@@ -223,6 +232,9 @@ class Config:
     tune: Any = None  # conf/tune/: the Optuna study of python -m src.tune (src/tuning/)
 
 
+# The base each conf/model/*.yaml names first in its defaults list.
+MODEL_SCHEMAS = {"base_preact": ModelConfig, "base_torchvision": TorchvisionModelConfig}
+
 # The base each conf/dataset/*.yaml names first in its defaults list.
 DATASET_SCHEMAS = {"base_file": FileDatasetConfig, "base_cifar10": Cifar10Config, "base_svhn": SVHNConfig,
                    "base_folder": FolderConfig}
@@ -235,6 +247,8 @@ def register_schema() -> None:
     for name, node in DATASET_SCHEMAS.items():
         cs.store(group="dataset", name=name, node=node)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    for name, node in MODEL_SCHEMAS.items():
+        cs.store(group="model", name=name, node=node)
 
 
 register_schema()  # at import: src.train and the tests compose only after importing this module
