@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from src.data.pipeline import normalize
 from src.data.superclasses import Case
 from src.evaluation.protocols import PROTOCOLS, confusion_figure, error, evaluation_record, masked_scores, protocol_scores
-from src.evaluation_scale import DENSE_CONFUSION_LIMIT, sparse_confusion
+from src.evaluation.scale import DENSE_CONFUSION_LIMIT, sparse_confusion
 from src.evaluation.mistakes import MistakeMetrics
 from src.run.records import write_atomic
 from src.data.tree import ClassTree

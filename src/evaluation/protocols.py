@@ -27,7 +27,7 @@ from scipy.spatial.distance import pdist, squareform
 
 from src.data.superclasses import Case
 from src.run.errors import UserError
-from src.evaluation_scale import pair_spearman, sparse_hierarchy_metrics
+from src.evaluation.scale import pair_spearman, sparse_hierarchy_metrics
 from src.evaluation.hierarchy import hierarchy_mean_corr, hierarchy_rf
 from src.data.tree import ClassTree, as_tree
 
@@ -172,7 +172,7 @@ def masked_tables(case: Optional[Case], cases: Mapping[str, Case], auxiliary: bo
 # --- hierarchy metrics (all in %) -----------------------------------------------------------------
 
 def error(confusion: np.ndarray) -> Optional[float]:
-    """Error % of a confusion, dense or sparse (``src.evaluation_scale``)."""
+    """Error % of a confusion, dense or sparse (``src.evaluation.scale``)."""
     total = confusion.sum()
     return float(100 * (1 - confusion.diagonal().sum() / total)) if total else None
 

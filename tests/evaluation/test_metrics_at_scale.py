@@ -160,7 +160,7 @@ def test_proxydr_metrics_equal_the_dense_definitions(distance):
 
 def test_sparse_confusion_gives_the_dense_superclass_metrics():
     from src.evaluation.protocols import error, hierarchy_metrics
-    from src.evaluation_scale import sparse_confusion
+    from src.evaluation.scale import sparse_confusion
 
     g = torch.Generator().manual_seed(5)
     label, predicted = torch.randint(0, 30, (2000,), generator=g), torch.randint(0, 30, (2000,), generator=g)
