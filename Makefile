@@ -29,11 +29,12 @@ test-all: venv  ## Run every test, the slow ones included
 test-slurm: venv  ## The SLURM suite on a one-node cluster it starts here (apt-installs SLURM if missing; needs root; ~15 min)
 	$(PY) -m pytest -m slurm -q tests/test_slurm.py $(ARGS)
 
-bench: venv  ## Run the benchmarks (parity, data pipeline, default run, memory); prints JSON
+bench: venv  ## Run the benchmarks (parity, data pipeline, default run, memory, streaming); prints JSON
 	$(PY) -m bench.parity $(ARGS)
 	$(PY) -m bench.data
 	$(PY) -m bench.default_run
 	$(PY) -m bench.memory
+	$(PY) -m bench.stream
 
 report: venv  ## Table 2 and Figures 2-7 of the sweeps under outputs/sweeps, or ARGS="outputs/sweeps/table2_svhn"
 	$(PY) -m src.report $(or $(ARGS),outputs/sweeps)

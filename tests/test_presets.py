@@ -25,8 +25,8 @@ def sweep_values(params) -> dict[str, list[str]]:
 
 
 def test_the_experiment_group_lists_exactly_the_presets():
-    assert PRESETS == ["methods_cifar10", "methods_cifar100", "methods_digits", "methods_mnist", "methods_svhn",
-                       "smoke", "table2_cifar10", "table2_cifar100", "table2_digits", "table2_mnist", "table2_svhn"]
+    assert PRESETS == ["methods_aircraft", "methods_cifar10", "methods_cifar100", "methods_digits", "methods_inat19",
+                       "methods_inat21_mini", "methods_mnist", "methods_svhn", "methods_tiered_imagenet", "smoke", "table2_cifar10", "table2_cifar100", "table2_digits", "table2_mnist", "table2_svhn"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
