@@ -26,8 +26,9 @@ def sweep_values(params) -> dict[str, list[str]]:
 
 
 def test_the_experiment_group_lists_exactly_the_presets():
-    assert PRESETS == ["methods_cifar10", "methods_cifar100", "methods_digits", "methods_mnist", "methods_svhn",
-                       "smoke", "table2_cifar10", "table2_cifar100", "table2_digits", "table2_mnist", "table2_svhn"]
+    assert PRESETS == ["methods_aircraft", "methods_cifar10", "methods_cifar100", "methods_digits", "methods_inat19",
+                       "methods_inat21_mini", "methods_mnist", "methods_svhn", "methods_tiered_imagenet", "smoke",
+                       "table2_cifar10", "table2_cifar100", "table2_digits", "table2_mnist", "table2_svhn"]
     assert sorted(p.stem for p in Path(CONF, "experiment").glob("tune_*.yaml")) == TUNE_PRESETS
 
 

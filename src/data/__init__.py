@@ -5,7 +5,7 @@ import importlib
 # use so that `import src.data.tree` does not load Lightning. Code imports from the defining module.
 _LAZY = {"InMemoryDataModule": "datamodule", "DigitsDataModule": "datasets", "MNISTDataModule": "datasets",
          "SVHNDataModule": "datasets", "CIFAR10DataModule": "datasets", "CIFAR100DataModule": "datasets",
-         "FolderDataModule": "folder", "SuperclassError": "superclasses", "custom_table": "superclasses",
+         "FolderDataModule": "folder", "StreamingDataModule": "streaming", "SuperclassError": "superclasses", "custom_table": "superclasses",
          "superclass_table": "superclasses", "validate_table": "superclasses"}
 
 

@@ -187,7 +187,9 @@ def dataset_cases(dataset: str, class_names: Sequence[str], tree: Optional[Class
         cases = {c: Case(c, ClassTree.from_table(c, superclass_table(dataset, c), class_names), "superclass")
                  for c in CASES}
     if tree is not None:
-        cases.update({level: Case(level, tree, level) for level in tree.level_names})
+        # A level may be a case of another name (iNaturalist's taxonomic_class is case=class).
+        names = getattr(tree, "case_names", {})
+        cases.update({names.get(level, level): Case(names.get(level, level), tree, level) for level in tree.level_names})
     return cases
 
 

@@ -56,9 +56,10 @@ class ClassTree:
                 raise TreeError(f"level '{level.name}' of tree '{name}': groups must be 0..g-1 with none empty "
                                 f"and one name each")
         for child, parent in zip(self.levels, self.levels[1:]):
-            for g in range(len(child.group_names)):
-                parents = sorted({parent.table[c] for c in range(k) if child.table[c] == g})
-                if len(parents) != 1:
+            first: dict[int, int] = {}  # group -> the parent of its first class: O(K), for 10,000 classes too
+            for g, p in zip(child.table, parent.table):
+                if first.setdefault(g, p) != p:
+                    parents = sorted({parent.table[c] for c in range(k) if child.table[c] == g})
                     raise TreeError(f"tree '{name}': group {child.group_names[g]} of level '{child.name}' lies in "
                                     f"groups {parents} of level '{parent.name}'; every node needs exactly one parent")
 

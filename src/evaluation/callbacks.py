@@ -56,6 +56,10 @@ def eval_batches(trainer: pl.Trainer, module: pl.LightningModule, split: str,
     mean, std = datamodule.mean.to(device), datamodule.std.to(device)
     step = datamodule.eval_batch_size
     with _eval_mode(trainer, module):
+        if index is None and hasattr(datamodule, "eval_loader"):  # streaming: decoded in DataLoader workers
+            for x, s, y in datamodule.eval_loader(split):
+                yield normalize(x.to(device, non_blocking=True), mean, std), s.to(device), y.to(device)
+            return
         for i in range(0, len(label) if index is None else len(index), step):
             if index is None:
                 rows = slice(i, i + step)

@@ -176,6 +176,44 @@ class FolderConfig(DatasetConfig):
     root: Optional[str] = None  # required: FolderDataModule says so in one line
     superclass_file: Optional[str] = None
     image_size: Optional[int] = None
+    stream: bool = False  # src/data/folder_stream.py: stream, or stay in memory unless over the budget
+    memory_budget_gb: Optional[float] = None
+    resize_size: Optional[int] = None
+    min_scale: float = 0.08
+    num_workers: int = 2
+    pin_memory: bool = True
+    prefetch_factor: int = 4
+    persistent_workers: bool = True
+    gpu_decode: bool = False
+
+
+@dataclass
+class StreamingConfig(DatasetConfig):
+    """The streaming data sets (src/data/streaming.py): files decoded in DataLoader workers each epoch."""
+    download: bool = False
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    pad: int = 0
+    image_size: int = 224
+    resize_size: Optional[int] = None
+    min_scale: float = 0.08
+    num_workers: int = 2
+    pin_memory: bool = True
+    prefetch_factor: int = 4
+    persistent_workers: bool = True
+    gpu_decode: bool = False
+
+
+@dataclass
+class INat21Config(StreamingConfig):
+    version: str = "2021_train_mini"
+
+
+@dataclass
+class MBMConfig(StreamingConfig):
+    root: Optional[str] = None
+    hierarchy_dir: Optional[str] = None
+    splits_dir: Optional[str] = None
 
 
 @dataclass
@@ -237,7 +275,8 @@ MODEL_SCHEMAS = {"base_preact": ModelConfig, "base_torchvision": TorchvisionMode
 
 # The base each conf/dataset/*.yaml names first in its defaults list.
 DATASET_SCHEMAS = {"base_file": FileDatasetConfig, "base_cifar10": Cifar10Config, "base_svhn": SVHNConfig,
-                   "base_folder": FolderConfig}
+                   "base_folder": FolderConfig, "base_stream": StreamingConfig, "base_inat21": INat21Config,
+                   "base_mbm": MBMConfig}
 
 
 def register_schema() -> None:

@@ -1,0 +1,197 @@
+"""The streaming loader (src/data/streaming.py) on JPEGs of ImageNet's typical size, 500 × 375 px, that it writes.
+
+Three ratios, measured in one run with the same files, the same number of DataLoader workers (``--workers``, 2
+here) and the same batch size, alternating for ``--rounds`` rounds (each ratio is the median over the rounds):
+
+- ``vs_imagefolder``: training images/s of the streaming loader (torchvision.io decode, RandomResizedCrop 224 +
+  flip in the workers; uint8 batches out, normalised later on the training device) ÷ what a user would otherwise
+  write, ``torchvision.datasets.ImageFolder`` + PIL + v2 RandomResizedCrop / RandomHorizontalFlip / ToImage /
+  ToDtype / Normalize in the workers. Goal >= 1.3. ``vs_imagefolder_normalised_here`` counts the streaming
+  loader's normalisation too, done here in the main process as CPU training does (on a GPU it is the GPU's).
+- ``vs_decode_only``: ÷ ``decode_jpeg`` alone on the same files in the same workers (nothing else, nothing sent
+  back but a number): the limit of this machine. Goal >= 0.8.
+- ``train_fed``: images/s of training steps (torchvision ResNet-18, SGD, ``--train-batch`` images of 224 px) fed
+  by the streaming loader ÷ the same steps on the same batches already in memory: does the loader keep the model
+  fed while its workers share the CPU with it?
+
+    python -m bench.stream [--images 2000] [--workers 2] [--batch 64] [--rounds 3] [--dir outputs/bench_stream]
+"""
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.io import decode_jpeg, encode_jpeg, read_file
+from torchvision.transforms import v2
+
+from bench.common import emit, ratio_summary
+from src.data.folder_stream import StreamingFolderDataModule
+from src.data.streaming import IMAGENET_MEAN, IMAGENET_STD
+
+WIDTH, HEIGHT, CLASSES = 500, 375, 10
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_jpegs(root: Path, n: int) -> Path:
+    """n photo-like JPEGs (a smooth colour field + a texture crop from one shared canvas, quality 90) in
+    ImageFolder's root/train/<class>/ layout; kept between runs (a marker file says how many)."""
+    marker = root / f".complete-{n}"
+    if marker.exists():
+        return root
+    g = torch.Generator().manual_seed(0)
+    # One textured canvas (blurred noise), cut at a different place for each image: cheap on a busy machine.
+    canvas = F.interpolate(torch.randn(1, 3, 3 * HEIGHT // 8, 3 * WIDTH // 8, generator=g), scale_factor=4,
+                           mode="bilinear")[0].mul(28)
+    y = torch.linspace(0, 1, HEIGHT).view(1, HEIGHT, 1)
+    x = torch.linspace(0, 1, WIDTH).view(1, 1, WIDTH)
+    for i in range(n):
+        a, b, c = (torch.rand(3, 1, 1, generator=g) * 255 for _ in range(3))
+        top = int(torch.randint(0, canvas.shape[1] - HEIGHT + 1, (1,), generator=g))
+        left = int(torch.randint(0, canvas.shape[2] - WIDTH + 1, (1,), generator=g))
+        image = (a * x + b * y + c * (1 - x) * y).div(2) + canvas[:, top:top + HEIGHT, left:left + WIDTH]
+        path = root / "train" / f"c{i % CLASSES}" / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_jpeg(image.clamp(0, 255).to(torch.uint8), quality=90).numpy().tobytes())
+    for c in range(CLASSES):  # one test image per class: the datamodule wants a test split
+        (root / "test" / f"c{c}").mkdir(parents=True, exist_ok=True)
+        (root / "test" / f"c{c}" / "0.jpg").write_bytes((root / "train" / f"c{c}" / f"{c:05d}.jpg").read_bytes())
+    marker.touch()
+    return root
+
+
+class DecodeOnly(Dataset):
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> int:
+        return decode_jpeg(read_file(self.paths[i])).shape[1]
+
+
+def images_per_s(batches, normalise=None) -> float:
+    start, n = time.perf_counter(), 0
+    for batch in batches:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if normalise is not None:
+            images = normalise(batch)[0]
+        n += len(images)
+    return n / (time.perf_counter() - start)
+
+
+def first_then_time(loader, normalise=None) -> float:
+    """images/s over one epoch after the workers have started (the first batch is warm-up)."""
+    iterator = iter(loader)
+    next(iterator)
+    return images_per_s(iterator, normalise)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--train-steps", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the training step")
+    parser.add_argument("--dir", default="outputs/bench_stream", help="where the JPEGs are written (kept)")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.images < args.batch * 2 or args.workers < 1:
+        parser.error("--rounds >= 1, --workers >= 1 and --images >= 2 × --batch")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    root = write_jpegs(Path(args.dir), args.images)
+
+    torch.manual_seed(0)
+    dm = StreamingFolderDataModule(root=str(root), image_size=224, val_size=0, batch_size=args.batch,
+                                   num_workers=args.workers, persistent_workers=False)
+    dm.setup()
+    streaming = dm.train_dataloader()
+    paths = dm.splits["train"][0].paths
+    user = ImageFolder(str(root / "train"), transform=v2.Compose([
+        v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip(), v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+    imagefolder = DataLoader(user, batch_size=args.batch, shuffle=True, num_workers=args.workers)
+    decode = DataLoader(DecodeOnly(paths), batch_size=args.batch, shuffle=True, num_workers=args.workers)
+
+    def normalise(batch):
+        return dm.on_after_batch_transfer(batch, 0)
+
+    # The training step: torchvision's ResNet-18, fed live by the streaming loader, or the same batches from memory.
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=CLASSES).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    train_loader = DataLoader(dm.train_dataloader().dataset, batch_size=args.train_batch,
+                              sampler=dm.train_dataloader().sampler, num_workers=args.workers, prefetch_factor=4)
+
+    def step(images, labels):
+        loss = F.cross_entropy(model(images.contiguous(memory_format=torch.channels_last)), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def train_images_per_s(batches) -> float:
+        start, n = time.perf_counter(), 0
+        for images, _, labels in batches:
+            step(images, labels)
+            n += len(images)
+        return n / (time.perf_counter() - start)
+
+    def fed_live() -> tuple[float, list]:
+        iterator, kept = iter(train_loader), []
+        step(*normalise(next(iterator))[::2])  # warm-up: the workers start, the first step allocates
+
+        def live():
+            for _ in range(args.train_steps):
+                batch = normalise(next(iterator))
+                kept.append(batch)
+                yield batch
+
+        rate = train_images_per_s(live())
+        del iterator
+        return rate, kept
+
+    rounds = {"streaming": [], "streaming_normalised_here": [], "imagefolder": [], "decode_only": [], "train_fed": [],
+              "train_in_memory": []}
+    for _ in range(args.rounds):
+        rounds["streaming"].append(first_then_time(streaming))
+        rounds["streaming_normalised_here"].append(first_then_time(streaming, normalise))
+        rounds["imagefolder"].append(first_then_time(imagefolder))
+        rounds["decode_only"].append(first_then_time(decode))
+        fed, kept = fed_live()
+        rounds["train_fed"].append(fed)
+        rounds["train_in_memory"].append(train_images_per_s(kept))
+    ratio = {
+        "vs_imagefolder": [s / u for s, u in zip(rounds["streaming"], rounds["imagefolder"])],
+        "vs_imagefolder_normalised_here": [s / u for s, u in zip(rounds["streaming_normalised_here"],
+                                                                 rounds["imagefolder"])],
+        "vs_decode_only": [s / d for s, d in zip(rounds["streaming"], rounds["decode_only"])],
+        "train_fed": [f / m for f, m in zip(rounds["train_fed"], rounds["train_in_memory"])],
+    }
+    emit({"bench": "stream", "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "images": args.images,
+          "image_size": f"{WIDTH}x{HEIGHT}", "workers": args.workers, "batch_size": args.batch,
+          "train_batch": args.train_batch, "train_steps": args.train_steps, "torch_threads": torch.get_num_threads(),
+          "images_per_s": {k: round(statistics.median(v), 1) for k, v in rounds.items()},
+          **{name: ratio_summary(values) for name, values in ratio.items()}})
+
+
+if __name__ == "__main__":
+    main()
