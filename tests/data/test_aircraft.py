@@ -34,11 +34,12 @@ def test_trainval_trains_and_test_tests(aircraft):
     assert not {p for p, _ in train} & {p for p, _ in test}
 
 
-def test_trains_end_to_end_and_is_scored_on_the_three_level_tree(aircraft, tmp_path):
+@pytest.mark.parametrize("net", ["depth=10", "model=resnet18"])  # the CIFAR-style ResNet and torchvision's ImageNet one
+def test_trains_end_to_end_and_is_scored_on_the_three_level_tree(aircraft, tmp_path, net):
     from src.train import train
 
     cfg = compose_cfg([*FAST, "dataset=aircraft", f"dataset.data_dir={aircraft}", "dataset.image_size=16",
-                       "dataset.num_workers=0", "dataset.batch_size=16", "depth=10", "case=manufacturer"])
+                       "dataset.num_workers=0", "dataset.batch_size=16", net, "case=manufacturer"])
     record = train(cfg, tmp_path)
     assert record["status"] == "finished" and record["superclasses"] == [0, 0, 0, 0, 1, 1, 1, 2]
     assert list(record["level_acc"]) == ["class", "family", "manufacturer"]

@@ -50,11 +50,12 @@ def test_samples_are_every_file_with_its_species(inat):
     assert all(f"/2021_valid/{dm.class_names[y]}/" in p for p, y in test)
 
 
-def test_trains_end_to_end_and_is_scored_on_the_seven_level_tree(inat, tmp_path):
+@pytest.mark.parametrize("net", ["depth=10", "model=resnet18"])  # the CIFAR-style ResNet and torchvision's ImageNet one
+def test_trains_end_to_end_and_is_scored_on_the_seven_level_tree(inat, tmp_path, net):
     from src.train import train
 
     cfg = compose_cfg([*FAST, "dataset=inat21_mini", f"dataset.data_dir={inat}", "dataset.image_size=16",
-                       "dataset.num_workers=0", "dataset.batch_size=16", "dataset.val_size=8", "depth=10",
+                       "dataset.num_workers=0", "dataset.batch_size=16", "dataset.val_size=8", net,
                        "case=family", "trainer.max_epochs=2"])
     record = train(cfg, tmp_path)
     assert record["status"] == "finished" and record["hierarchy_name"] == "inat21_mini"

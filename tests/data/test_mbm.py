@@ -70,12 +70,13 @@ def test_dataset_splits_lists_find_the_original_images(mbm, tmp_path):
 
 
 @pytest.mark.parametrize("dataset, prefix", [("tiered_imagenet", "tiered_imagenet"), ("inat19", "inaturalist19")])
-def test_trains_end_to_end_and_is_scored_on_the_mbm_tree(tmp_path, dataset, prefix):
+@pytest.mark.parametrize("net", ["depth=10", "model=resnet18"])  # the CIFAR-style ResNet and torchvision's ImageNet one
+def test_trains_end_to_end_and_is_scored_on_the_mbm_tree(tmp_path, net, dataset, prefix):
     from src.train import train
 
     hierarchy, images = sf.mbm(tmp_path / "data", tmp_path / "images", prefix=prefix)
     cfg = compose_cfg([*FAST, f"dataset={dataset}", f"dataset.root={images}", f"dataset.hierarchy_dir={hierarchy}",
-                       "dataset.image_size=16", "dataset.num_workers=0", "dataset.batch_size=16", "depth=10",
+                       "dataset.image_size=16", "dataset.num_workers=0", "dataset.batch_size=16", net,
                        "case=depth2"])
     (tmp_path / "run").mkdir()
     record = train(cfg, tmp_path / "run")
