@@ -63,7 +63,8 @@ def tradeoff_figure(title: str, groups: list[Group]):
     if not drawn:
         return None
     methods = sorted({g.method for g, _ in drawn}, key=lambda m: (m != "hal", m))
-    colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors  # one colour per method, up to 20
+    colour = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
     fig, ax = plt.subplots(figsize=(8.0, 5.5))
     centres = defaultdict(list)
     for g, (protocol, errors, severities) in drawn:
