@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 
 from bench.common import emit, ratio_summary
 from src.data.folder_stream import StreamingFolderDataModule
-from src.data.streaming import IMAGENET_MEAN, IMAGENET_STD
+from src.data.image_files import IMAGENET_MEAN, IMAGENET_STD
 
 WIDTH, HEIGHT, CLASSES = 500, 375, 10
 

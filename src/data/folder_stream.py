@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Optional
 
 from src.data.folder import IMAGE_SUFFIXES, FolderDataModule, FolderDatasetError
-from src.data.streaming import IMAGENET_MEAN, IMAGENET_STD, StreamingDataModule, read_image
+from src.data.image_files import IMAGENET_MEAN, IMAGENET_STD, read_image
+from src.data.streaming import StreamingDataModule
 
 STREAM_ONLY = ("resize_size", "min_scale", "num_workers", "pin_memory", "prefetch_factor", "persistent_workers",
                "gpu_decode")

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from src.data.tree import ClassTree, Level, TreeError
+from src.data.tree import ClassTree, Level
 
 RANDOM = "random"
 

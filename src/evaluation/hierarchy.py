@@ -23,7 +23,7 @@ and the splits are compared by hashes of their leaf sets.
 from typing import Optional, Union
 
 import numpy as np
-from scipy.stats import rankdata, spearmanr
+from scipy.stats import rankdata
 
 from src.data.tree import ClassTree, as_tree
 

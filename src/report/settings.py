@@ -29,7 +29,8 @@ GROUP_KEYS = frozenset({"seed", "case", "case.name", "case.of", "case.shuffle_se
 # (tests/report/test_runs.py checks the two agree).
 RUN_ONLY_FALLBACK = frozenset({"experiment", "trainer.accelerator", "trainer.enable_progress_bar",
                                "progress_refresh_rate", "dataset.data_dir", "dataset.download", "dataset.on_device",
-                               "logger", "threads", "print_config"})
+                               "logger", "threads", "print_config", "dataset.num_workers", "dataset.pin_memory",
+                               "dataset.prefetch_factor", "dataset.persistent_workers"})
 # Keys that change results however a run's dir was named (older runs left trainer.devices out of it).
 RESULT_KEYS = frozenset({"trainer.devices", "trainer.num_nodes", "trainer.strategy"})
 # Config groups whose keys are only compared between runs of the same option (a DKS key is no setting of HAL).
