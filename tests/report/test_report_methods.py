@@ -80,7 +80,7 @@ def test_plain_hal_sweeps_keep_the_paper_table(tmp_path):
                          "verdict | paper | paper Δ | masked % | fair Δ [95 % CI] verdict |")
     # The Table 2 layout has the fair yardstick too; one seed on each side: no interval and no p.
     assert ("| mnist | 10 | case1 | 0.50 (n=1) | -0.50 no evidence (no p) | 0.43 ± 0.03 | -0.50 |  "
-            "| +0.10 no evidence (no p) |")  # 0.5 − the baseline's masked case1 0.4 in md
+            "| +0.10 no evidence (no p) |" in md)  # 0.5 − the baseline's masked case1 0.4
     assert "| mnist | 10 | baseline | 1.00 (n=1) |  | 0.93 |  | case1 0.40; case2 0.50; case3 0.60; case4 0.70 |" in md
 
 
