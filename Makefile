@@ -20,13 +20,13 @@ venv: $(VENV)/.installed  ## Create the virtual env and install the project (+ d
 train: venv  ## Train HAL with the defaults (digits, case1), or with ARGS="dataset=svhn case=case4"
 	$(PY) -m src.train $(ARGS)
 
-test: venv  ## Run the fast test suite (what CI runs)
+test: venv  ## Run the fast test suite (CI runs it, then make test-slurm ARGS="-m slurm_ci")
 	$(PY) -m pytest -m "not slow" -q $(ARGS)
 
 test-all: venv  ## Run every test, the slow ones included
 	$(PY) -m pytest -q $(ARGS)
 
-test-slurm: venv  ## The SLURM suite on a one-node cluster it starts here (apt-installs SLURM if missing; needs root; ~15 min)
+test-slurm: venv  ## The SLURM suite on a one-node cluster it starts here (apt-installs SLURM if missing; needs root; 15-45 min)
 	$(PY) -m pytest -m slurm -q tests/test_slurm.py tests/test_slurm_tune.py $(ARGS)
 
 test-report-page: venv  ## report.html rendered in headless Chromium: figures load, tables there, no network (apt-installs Chromium if missing; needs root)

@@ -22,7 +22,7 @@ TEST_IMAGES = 360  # scikit-learn digits: 1,797 images, 20 % test
 
 
 def run(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "src.train", "trainer.accelerator=cpu", "trainer.max_epochs=1",
+    return subprocess.run([sys.executable, "-m", "src.train", "trainer.accelerator=cpu", "trainer.max_epochs=1", "threads=1",
                            "trainer.enable_progress_bar=false", *overrides, f"hydra.run.dir={run_dir}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 

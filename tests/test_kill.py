@@ -15,7 +15,7 @@ def sweep(sweep_dir: Path) -> subprocess.Popen:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log = open(sweep_dir.parent / f"{sweep_dir.name}.log", "a")  # a file, not a pipe: a full pipe blocks
     return subprocess.Popen([sys.executable, "-m", "src.train", "-m", "experiment=smoke", "case=case1,case2",
-                             "seed=0,1", "trainer.max_epochs=3", "trainer.accelerator=cpu",
+                             "seed=0,1", "trainer.max_epochs=3", "trainer.accelerator=cpu", "threads=1",
                              f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.parity import StepLosses, raw_loop
-from helpers import FAST, HandScore, compose_cfg
+from helpers import FAST, HandScore, compose_cfg, hand_hierarchy
 from src.data.superclasses import dataset_cases, resolve_case, superclass_table
 from src.evaluation.protocols import masked_scores, masked_tables
 from src.models.resnet import PreActResNet
@@ -81,7 +81,12 @@ def test_every_method_trains_and_writes_its_fields(run_train, method, case, fiel
         assert record["test_error_inferred"] == pytest.approx(hand["test_error_inferred"], abs=1e-4)
     else:  # no block: nothing to infer, the plain logits
         assert record["test_error_inferred"] == pytest.approx(record["test_error"], abs=1e-4)
-    assert -1 <= record["hierarchy_mean_corr"] <= 1 and 0 <= record["hierarchy_rf"] <= 1
+    # The class vectors' hierarchy metrics, rescored (helpers.hand_hierarchy) in the head's metric, against the
+    # tree every run is scored on (eval.hierarchy=default: case1 for digits, whatever the run's case).
+    assert record["hierarchy_name"] == "case1"
+    mean_corr, rf = hand_hierarchy(hand["class_vectors"], superclass_table("digits", "case1"), "arccos" if method == "proxydr" else "euc")
+    assert record["hierarchy_mean_corr"] == pytest.approx(mean_corr, abs=1e-9)
+    assert record["hierarchy_rf"] == pytest.approx(rf, abs=1e-12)
     assert record["train_images_per_s"] > 0
     assert record["probe_split"] == "validation"
     # Inference drops the method's extra heads: the plain network (+ the block's W for hal_*) remains.

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+QUICK = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "threads=1"]
 
 
 def cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -132,7 +132,7 @@ def test_sigkill_leaves_running_and_a_checkpoint_and_a_rerun_resumes(tmp_path):
     import time
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "src.train", "trainer.max_epochs=6", "trainer.enable_progress_bar=false",
+    cmd = [sys.executable, "-m", "src.train", "trainer.max_epochs=6", "trainer.enable_progress_bar=false", "threads=1",
            f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run_dir / "checkpoints" / "last.ckpt"

@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+# The events CI runs (.ci/run, under its 30 minutes): requeue, time limit, scancel, a second launch, a refusal.
+# `make test-slurm` runs every test (docs/development.md).
+CI = pytest.mark.slurm_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -27,10 +30,25 @@ TIMING = ("duration_s", "train_images_per_s", "resumed_at_epoch", "git_commit")
 EPOCHS = 8  # ~1 s each here: time to requeue, preempt or cancel a job after its first checkpoint
 JOBS = ["case=baseline,case1", "seed=0", f"trainer.max_epochs={EPOCHS}"]
 LONG = ["case=case1", "seed=0", "trainer.max_epochs=60"]  # runs past a 1-minute time limit
-COMMON = ["trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+# The time-limit signal sent by the test once the job has a checkpoint, as submitit's own tests simulate a time-out
+# (`SlurmJob._interrupt(timeout=True)`: `scancel --signal USR2`): SLURM's timer sends it at any point of the 30 s
+# before `signal_delay_s`, on a loaded machine before the job's first checkpoint. Under 10 minutes submitit counts
+# any limit as reached, so the job goes through the time limit's code; the limit itself is never reached.
+LIMIT = ["hydra.launcher.timeout_min=5", "hydra.launcher.signal_delay_s=30"]
+COMMON = ["trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "threads=1"]  # equal runs need 1 thread
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 LAUNCHES = itertools.count()
+STARTED: list[subprocess.Popen] = []  # this test's commands: the teardown ends those still running
+# Before submitit's handler exists (python starting, the job unpickled), SIGUSR2 kills the job: sitecustomize.py
+# (on PYTHONPATH) holds a requeued attempt there, so that the test can signal it at that point.
+HOLD = """import os, pathlib, time
+if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_RESTART_COUNT", "0")) >= 1:
+    held = pathlib.Path(os.environ["HAL_TEST_HOLD"])
+    if not held.exists():
+        held.write_text(os.environ["SLURM_JOB_ID"])
+        time.sleep(300)
+"""
 
 
 def sh(*command: str, check: bool = True) -> str:
@@ -52,28 +70,57 @@ def cluster():
     stop_cluster()
 
 
+def cancel_every_job() -> str:
+    """``scancel`` every job of this user and wait until the queue is empty; what is still queued after 3 min."""
+    sh("scancel", "--user", getpass.getuser(), check=False)
+    end = time.time() + 180
+    while (queued := sh("squeue", "-h", check=False).strip()) and time.time() < end:
+        time.sleep(1)
+    return queued
+
+
 def stop_cluster() -> None:
     """Once every job has left the node (a job step's slurmstepd outlives a slurmd stopped under it)."""
-    sh("scancel", "--user", getpass.getuser(), check=False)  # jobs a failed test left
-    end = time.time() + 120
-    while sh("squeue", "-h", check=False).strip() and time.time() < end:
-        time.sleep(1)
+    cancel_every_job()
     subprocess.run([str(CLUSTER), "stop"], check=True)
 
 
-def train(*args: str, log: Path) -> subprocess.Popen:
+@pytest.fixture(autouse=True)
+def empty_cluster(cluster, tmp_path):
+    """Every test leaves the cluster empty whatever its outcome (a failed assertion, a timeout): its commands
+    still running are killed and its jobs cancelled, so that they cannot hold the node's CPUs in the next test.
+    On a cluster this suite did not start, only the test's own jobs (its .submitit dirs) are cancelled."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if cluster == "started":
+        queued = cancel_every_job()
+    else:
+        jobs = sorted({p.name.split("_")[0] for p in tmp_path.rglob(".submitit/*") if p.is_dir()})
+        if jobs:
+            sh("scancel", *jobs, check=False)
+        wait_until(lambda: not any(state(job) for job in jobs), timeout=180, what="the test's jobs to leave")
+        queued = ""
+    assert not queued, f"jobs left after scancel: {queued}"
+
+
+def train(*args: str, log: Path, env: dict = ENV) -> subprocess.Popen:
     """``python -m src.train ARGS`` in the background, its output in ``log`` (a pipe could fill and block)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=ENV, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, text=True,
                             stdout=open(log, "a"), stderr=subprocess.STDOUT)
     proc.log = log
+    STARTED.append(proc)
     return proc
 
 
-def launch(sweep: Path, *extra: str, jobs=JOBS) -> subprocess.Popen:
+def launch(sweep: Path, *extra: str, jobs=JOBS, env: dict = ENV) -> subprocess.Popen:
     """The sweep on SLURM; each launch logs to a file of its own."""
     log = sweep.parent / f"{sweep.name}.{next(LAUNCHES)}.log"
-    return train("-m", *jobs, *COMMON, *SLURM, *extra, f"hydra.sweep.dir={sweep}", log=log)
+    return train("-m", *jobs, *COMMON, *SLURM, *extra, f"hydra.sweep.dir={sweep}", log=log, env=env)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
@@ -149,6 +196,7 @@ def job_log(sweep: Path, job: str) -> str:
     return "".join(p.read_text() for p in sweep.glob(f".submitit/{job}/*_log.*"))
 
 
+@CI
 def test_a_sweep_finishes_like_local_runs_and_its_rerun_submits_nothing(cluster, reference, tmp_path):
     sweep = tmp_path / "sweep"
     code, log = finish(launch(sweep))
@@ -165,6 +213,7 @@ def test_a_sweep_finishes_like_local_runs_and_its_rerun_submits_nothing(cluster,
     assert sorted(p.name for p in (sweep / ".submitit").iterdir()) == arrays  # no job went to SLURM
 
 
+@CI
 def test_scontrol_requeue_resumes_and_is_not_shown_running_while_queued(cluster, reference, tmp_path):
     sweep = tmp_path / "sweep"
     proc = launch(sweep)
@@ -194,6 +243,7 @@ def test_preemption_by_sigterm_requeues_and_resumes(cluster, reference, tmp_path
     assert all("DUE TO PREEMPTION" in job_log(sweep, job) for job in jobs)
 
 
+@CI
 def test_scancel_of_one_job_is_one_line_with_its_resume_command(cluster, reference, tmp_path):
     sweep = tmp_path / "sweep"
     proc = launch(sweep)
@@ -224,6 +274,7 @@ def test_ctrl_c_leaves_the_jobs_running_and_says_how_to_cancel_them(cluster, ref
     assert_like(sweep, reference)
 
 
+@CI
 def test_the_same_sweep_twice_at_once_has_one_writer_per_run_dir(cluster, long_reference, tmp_path):
     sweep = tmp_path / "sweep"
     first = launch(sweep, jobs=LONG)  # long enough to be running when the second command looks
@@ -239,31 +290,73 @@ def test_the_same_sweep_twice_at_once_has_one_writer_per_run_dir(cluster, long_r
     assert_like(sweep, long_reference)
 
 
+def time_limit_signal(sweep: Path, job: str) -> None:
+    """What SLURM sends ``signal_delay_s`` before the time limit (LIMIT), as the job's sbatch script asks."""
+    assert "#SBATCH --signal=USR2@30" in "".join(p.read_text() for p in (sweep / ".submitit").rglob("*.sh"))
+    sh("scancel", "--signal=USR2", job)
+
+
+@CI
 def test_a_time_limit_requeues_with_the_defaults_and_resumes(cluster, long_reference, tmp_path):
     sweep = tmp_path / "sweep"
-    code, log = finish(launch(sweep, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", jobs=LONG))
+    proc = launch(sweep, *LIMIT, jobs=LONG)
+    job = job_of(run_dir(sweep, "case1", epochs=60))
+    time_limit_signal(sweep, job)
+    code, log = finish(proc)
     assert code == 0 and "Traceback" not in log, log
     records = assert_like(sweep, long_reference)
     assert all(r["resumed_at_epoch"] is not None for r in records.values())
-    assert "timed-out" in "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.err"))
+    assert "this job is timed-out" in job_log(sweep, job)
+
+
+@CI
+def test_a_job_signalled_before_its_handler_exists_fails_in_one_line_and_its_rerun_resumes(cluster, long_reference,
+                                                                                          tmp_path):
+    """The time limit's signal reaches a requeued attempt before submitit's handler exists (python still starting):
+    it dies of the signal. That is a failed job, one line with the command that resumes it, never a silent loss."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(HOLD)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(hold), ENV.get("PYTHONPATH")])),
+           "HAL_TEST_HOLD": str(hold / "held")}
+    sweep = tmp_path / "sweep"
+    proc = launch(sweep, *LIMIT, jobs=LONG, env=env)
+    target = run_dir(sweep, "case1", epochs=60)
+    job = job_of(target)
+    time_limit_signal(sweep, job)  # submitit requeues the job
+    wait_until(lambda: (hold / "held").exists(), what="the requeued attempt held before submitit's handler")
+    time_limit_signal(sweep, job)
+    code, log = finish(proc)
+    assert code == 1 and "Traceback" not in log, log
+    line = next(line for line in log.splitlines() if line.startswith("failed: "))
+    assert line.startswith(f"failed: {target} (SLURM job {job}): SLURM state FAILED, no result (log: ")
+    assert log.strip().splitlines()[-1].startswith("slurm: 1 job: 0 finished, 1 failed, 0 cancelled, 0 skipped")
+    resume = subprocess.run(shlex.split(line.split("; resume: ", 1)[1]), cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=600)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    records = assert_like(sweep, long_reference)
+    assert records[target.name]["resumed_at_epoch"] >= 1
 
 
 def test_a_time_limit_without_requeues_is_one_line_and_the_printed_command_resumes(cluster, long_reference, tmp_path):
     sweep = tmp_path / "sweep"
-    code, log = finish(launch(sweep, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
-                              "hydra.launcher.max_num_timeout=0", jobs=LONG))
+    proc = launch(sweep, *LIMIT, "hydra.launcher.max_num_timeout=0", jobs=LONG)
+    target = run_dir(sweep, "case1", epochs=60)
+    job = job_of(target)
+    time_limit_signal(sweep, job)
+    code, log = finish(proc)
     assert code == 1 and "Traceback" not in log, log
     line = next(line for line in log.splitlines() if line.startswith("failed: "))
-    assert "out of requeues: reached the time limit more than hydra.launcher.max_num_timeout=0 times" in line
-    for _ in range(5):  # each attempt resumes from the last checkpoint and goes on until its own limit
-        resume = subprocess.run(shlex.split(line.split("; resume: ", 1)[1]), cwd=ROOT, env=ENV, capture_output=True,
-                                text=True, timeout=600)
-        if resume.returncode == 0:
-            break
+    assert line.startswith(f"failed: {target} (SLURM job {job}): out of requeues: reached the time limit more than "
+                           f"hydra.launcher.max_num_timeout=0 times; resume: ")
+    resume = subprocess.run(shlex.split(line.split("; resume: ", 1)[1]), cwd=ROOT, env=ENV, capture_output=True,
+                            text=True, timeout=600)
     assert resume.returncode == 0, resume.stderr[-3000:]
-    assert_like(sweep, long_reference)
+    records = assert_like(sweep, long_reference)
+    assert records[target.name]["resumed_at_epoch"] >= 1
 
 
+@CI
 def test_sbatch_refusing_the_request_is_one_line(cluster, tmp_path):
     proc = train("-m", *JOBS, *COMMON, *SLURM, "hydra.launcher.gpus_per_node=1", f"hydra.sweep.dir={tmp_path / 's'}",
                  log=tmp_path / "s.log")
@@ -312,5 +405,5 @@ def test_a_sweep_of_ddp_jobs_runs_one_task_per_rank_like_local_ddp(cluster, tmp_
     records = assert_like(sweep, reference)
     assert sorted(records) == ["case=baseline,seed=0,trainer.devices=2,trainer.max_epochs=2,trainer.strategy=ddp",
                                "case=case1,seed=0,trainer.devices=2,trainer.max_epochs=2,trainer.strategy=ddp"]
-    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.err"))
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))  # Lightning's line: .out or .err
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in logs

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from src import _slurm_tasks
-from src.run.lock import LOCK, RunLocked, describe, me, run_lock
+from src.run.lock import LOCK, RunLocked, _start_time, describe, me, run_lock
 from src.report.runs import group_runs, load_runs
 from src.run.signals import stopped_line
 from src.run.slurm import Job, resume_command, summary
@@ -86,6 +86,24 @@ def test_a_stale_lock_is_taken_over(tmp_path, caplog):
     assert f"pid {dead.pid} is gone" in caplog.text
 
 
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path, caplog):
+    """A reused pid: alive, but started at another time than the holder the lock names."""
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = {**me(), "pid": alive.pid, "pid_start": _start_time(alive.pid)}
+        (tmp_path / LOCK).write_text(json.dumps(holder))
+        with pytest.raises(RunLocked):  # the same pid and start time: the holder is alive
+            with run_lock(tmp_path):
+                pass
+        (tmp_path / LOCK).write_text(json.dumps({**holder, "pid_start": str(int(holder["pid_start"]) - 1)}))
+        with run_lock(tmp_path):
+            assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+        assert f"pid {alive.pid} is another process now" in caplog.text
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_a_lock_of_this_slurm_job_in_an_earlier_attempt_is_taken_over(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("SLURM_JOB_ID", "41")
     (tmp_path / LOCK).write_text(json.dumps({"slurm_job": "41", "host": "node7", "pid": 1, "since": "then"}))
@@ -126,7 +144,7 @@ def test_the_summary_counts_every_outcome():
     assert summary(jobs[:1]) == "slurm: 1 job: 1 finished, 0 failed, 0 cancelled, 0 skipped (finished before)"
 
 
-def test_finished_and_locked_jobs_are_not_submitted(tmp_path):
+def test_finished_and_locked_jobs_are_not_submitted_and_one_summary_line_says_so(tmp_path):
     """Nothing goes to sbatch (there is no cluster here): one job finished before, the other's dir is held."""
     (tmp_path / "case=case1,seed=0").mkdir()
     (tmp_path / "case=case1,seed=0" / "metrics.json").write_text(json.dumps({"status": "finished"}))
@@ -143,6 +161,8 @@ def test_finished_and_locked_jobs_are_not_submitted(tmp_path):
         "slurm: 2 jobs: 0 finished, 0 failed, 0 cancelled, 1 skipped (finished before), 1 not run (another run "
         "writes their dir); re-run the same command to resume the others"]
     assert not (tmp_path / ".submitit").exists()
+    # One summary line: the launcher's (it knows the SLURM states), not also the local sweep's (SweepSummary).
+    assert not [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("sweep ", "slurm: "))][1:]
 
 
 @pytest.mark.parametrize("value", ["/t/case=case1,seed=0", "/x'y", "/a\\b", "/a\\", "/x\\'y"])

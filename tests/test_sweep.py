@@ -169,7 +169,7 @@ def _sweep(sweep_dir: Path, log: Path, saved: Path = None):
     """The sweep, to its end; with ``saved``, started in the background and hung in job KILLED."""
     # 2 seeds × {baseline, case1} on digits, plus case=custom without a mapping: two jobs that fail.
     args = ["-m", "experiment=smoke", "seed=0,1", "case=baseline,case1,custom", "trainer.max_epochs=2",
-            "trainer.accelerator=cpu", f"hydra.sweep.dir={sweep_dir}"]
+            "trainer.accelerator=cpu", "threads=1", f"hydra.sweep.dir={sweep_dir}"]
     with open(log, "w") as out:
         if saved:
             return subprocess.Popen([sys.executable, "-c", HANG_AFTER_FIRST_CHECKPOINT, *args], cwd=ROOT,

@@ -184,7 +184,7 @@ def test_tensorboard_has_the_learning_rate_per_epoch_and_the_hparams_with_final_
     record = run_train("trainer.max_epochs=2")
     events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
     lr = [e.value for e in events.Scalars("lr-SGD")]
-    assert len(lr) == 2 and lr[0] == pytest.approx(1.0) and lr[1] < lr[0]  # cosine from optimizer.lr
+    assert len(lr) == 2 and lr[0] == pytest.approx(1.0) and lr[1] < lr[0]  # hand-derived: cosine from optimizer.lr
     # The HPARAMS tab: the final test metrics as scalars, beside the session's hyperparameters.
     final = events.Scalars("hparams/test_error_inferred")
     assert [e.value for e in final] == pytest.approx([record["test_error_inferred"]])
@@ -194,4 +194,4 @@ def test_tensorboard_has_the_learning_rate_per_epoch_and_the_hparams_with_final_
     start = plugin_data_pb2.HParamsPluginData.FromString(
         events.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info
     assert start.hparams["seed"].number_value == 0 and start.hparams["case/name"].string_value == "case1"
-    assert start.hparams["optimizer/lr"].number_value == pytest.approx(1.0)
+    assert start.hparams["optimizer/lr"].number_value == pytest.approx(1.0)  # hand-derived: conf's optimizer.lr

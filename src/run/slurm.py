@@ -29,6 +29,7 @@ from omegaconf import OmegaConf, open_dict
 from src.run.errors import UserError
 from src.run.lock import describe, live_holder
 from src.run.records import read_record
+from src.run.summary import leave_summary_to_launcher
 
 POLL_S = 10  # seconds between two sacct calls while waiting
 RESOURCE_KEYS = ("gpus_per_node", "tasks_per_node", "nodes", "cpus_per_task", "mem_gb", "timeout_min", "partition")
@@ -177,6 +178,7 @@ def summary(jobs: list[Job]) -> str:
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    leave_summary_to_launcher()  # the summary line below is the sweep's one, also after Ctrl-C
     try:
         jobs = [Job(i, list(o), run_dir_of(launcher, o, i)) for i, o in enumerate(job_overrides, initial_job_idx)]
     except KeyboardInterrupt:

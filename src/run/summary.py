@@ -5,7 +5,8 @@
   interrupted; running or debug ones when there are any), the sweep dir and the report command. It reads
   only the jobs' ``metrics.json``, so any launcher can print it.
 - ``SweepSummary``: the Hydra callback that prints it at the end of a local multirun (conf/config.yaml,
-  ``hydra.callbacks``), also when a signal ends the sweep early.
+  ``hydra.callbacks``), also when a signal ends the sweep early. A launcher that prints its own summary
+  (``src/run/slurm.py``: it knows the SLURM states) calls ``leave_summary_to_launcher()``: a sweep prints one.
 """
 import atexit
 import logging
@@ -21,6 +22,7 @@ from src.run.console import python_command, shown
 from src.run.records import METRICS, read_record
 
 log = logging.getLogger(__name__)
+_LAUNCHER_SUMMARY = False  # set by a launcher that prints the sweep's summary line itself
 
 
 def test_errors(record: dict) -> str:
@@ -61,6 +63,12 @@ def sweep_summary(sweep_dir: Path, jobs: Optional[Iterable[Path]] = None, skippe
     return f"sweep {shown(sweep_dir)}: {', '.join(parts)}; report: {python_command()} -m src.report {shown(sweep_dir)}"
 
 
+def leave_summary_to_launcher() -> None:
+    """This process's launcher prints the sweep's summary line: ``SweepSummary`` prints none."""
+    global _LAUNCHER_SUMMARY
+    _LAUNCHER_SUMMARY = True
+
+
 class SweepSummary(Callback):
     """Prints ``sweep_summary`` for the jobs of this multirun when it ends, or when a signal stops it."""
 
@@ -84,6 +92,6 @@ class SweepSummary(Callback):
         self._print()
 
     def _print(self) -> None:
-        if self.sweep_dir is not None:
+        if self.sweep_dir is not None and not _LAUNCHER_SUMMARY:
             # Jobs that ran elsewhere (a cluster launcher) never called on_job_start here: read the sweep dir.
             print(sweep_summary(self.sweep_dir, self.jobs or None, self.skipped), flush=True)

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import HandScore, hand_mistakes
 from src.data.datasets import CIFAR100DataModule
 from src.data.superclasses import cifar100_tree
 from src.run.errors import DataMissingError
@@ -64,14 +65,22 @@ def test_missing_cifar100_offline_is_one_line(tmp_path):
 
 def test_train_on_cifar100_coarse_scores_the_whole_tree(run_train, tmp_path):
     write_cifar100(tmp_path / "data")
+    scored = HandScore()
     record = run_train("dataset=cifar100", f"dataset.data_dir={tmp_path / 'data'}", "dataset.download=false",
                        "dataset.verify_checksums=false", "dataset.val_size=100", "case=coarse", "depth=10",
-                       "trainer.fast_dev_run=true")
+                       "trainer.fast_dev_run=true", callbacks=[scored])
     assert record["status"] == "finished" and record["hierarchy_name"] == "cifar100"
     assert max(record["superclasses"]) == 19
     assert set(record["level_acc"]) == {"class", "coarse", "level3", "level2", "level1"}
     assert set(record["hierarchical_distance"]) == set(record["hierarchical_distance_crm"]) == {"1", "5", "20"}
-    assert 1 <= record["mistake_severity"] <= 5 and 0 <= record["ece"] <= 1
+    # Rescored by hand (helpers.hand_mistakes) on the five-level tree from the inferred scores of the final weights.
+    levels = [level.table for level in scored.tree.levels]
+    assert len(levels) == 4  # coarse, level3, level2, level1 under the root: heights 0..5
+    hand = hand_mistakes(scored.scores["scores_inferred"], scored.scores["label"], levels)
+    for key in ("mistake_severity", "ece", "test_error_crm", "mistake_severity_crm"):
+        assert record[key] == pytest.approx(hand[key], abs=1e-5), key
+    assert record["hierarchical_distance"] == pytest.approx(hand["hierarchical_distance"], abs=1e-9)
+    assert record["hierarchical_distance_crm"] == pytest.approx(hand["hierarchical_distance_crm"], abs=1e-9)
 
 
 @pytest.mark.parametrize("preset, key, values", [

@@ -1,9 +1,14 @@
 """The field's mistake metrics and CRM (src/evaluation/mistakes.py), checked by hand on a three-level tree."""
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
+from scipy import stats
+from scipy.cluster.hierarchy import linkage
+from scipy.spatial.distance import squareform
 from sklearn.metrics import confusion_matrix
 
+from helpers import HandScore, hand_mistakes
 from src.evaluation.protocols import hierarchy_metrics
 from src.evaluation.mistakes import calibration_error, crm_scores, mistake_record, mistake_severity, ranking
 from src.data.tree import ClassTree, Level, as_tree
@@ -54,6 +59,10 @@ def test_ece_15_bins():
     # two images: confidence 0.9 right, 0.55 wrong, in different bins: (1/2)|1 − .9| + (1/2)|0 − .55| = 0.325
     probabilities = torch.tensor([[0.9, 0.05, 0.05], [0.55, 0.40, 0.05]])
     assert calibration_error(probabilities, torch.tensor([0, 1])) == pytest.approx(0.325, abs=1e-6)
+    # 0.61 right and 0.69 wrong: apart in 15 bins ([0.600, 0.667), [0.667, 0.733)): (1/2)|1 − .61| + (1/2)|0 − .69|
+    # = 0.54; one bin of 10 ([0.6, 0.7)) would give |1/2 − 0.65| = 0.15
+    probabilities = torch.tensor([[0.61, 0.20, 0.19], [0.69, 0.30, 0.01]])
+    assert calibration_error(probabilities, torch.tensor([0, 1])) == pytest.approx(0.54, abs=1e-6)
 
 
 def test_without_a_tree_only_ece():
@@ -73,24 +82,71 @@ def test_severity_on_a_two_level_tree_is_two_minus_the_within_superclass_share()
 
 
 def test_every_run_records_the_mistake_and_crm_fields(run_train):
-    record = run_train("trainer.fast_dev_run=true")  # digits, case1, HAL
+    scored = HandScore()
+    record = run_train("trainer.fast_dev_run=true", callbacks=[scored])  # digits, case1, HAL
     assert record["hierarchy_name"] == "case1" and set(record["hierarchical_distance"]) == {"1", "5"}
     assert set(record["level_acc"]) == {"class", "superclass"}
     assert record["mistake_severity"] == pytest.approx(2 - record["within_superclass_mistakes"] / 100, abs=1e-9)
     assert record["level_acc"]["class"] == pytest.approx(100 - record["test_error_inferred"], abs=1e-9)
     assert record["level_acc"]["superclass"] == pytest.approx(record["superclass_acc"], abs=1e-9)
-    for key in ("ece", "test_error_crm", "mistake_severity_crm"):
-        assert isinstance(record[key], float)
-    assert set(record["hierarchical_distance_crm"]) == {"1", "5"}
+    # ECE and CRM rescored by hand (helpers.hand_mistakes) from the inferred scores of the final weights.
+    hand = hand_mistakes(scored.scores["scores_inferred"], scored.scores["label"], [record["eval_hierarchy"]])
+    assert record["ece"] == pytest.approx(hand["ece"], abs=1e-5)
+    assert record["test_error_crm"] == pytest.approx(hand["test_error_crm"], abs=1e-9)
+    assert record["mistake_severity_crm"] == pytest.approx(hand["mistake_severity_crm"], abs=1e-9)
+    assert record["hierarchical_distance_crm"] == pytest.approx(hand["hierarchical_distance_crm"], abs=1e-9)
+
+
+class SetProxies(pl.Callback):
+    """Puts ``vectors`` (K, 3) into the proxy head (zero-padded) before the test pass scores the hierarchy."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors
+
+    def on_test_start(self, trainer, pl_module):
+        proxies = pl_module.net.fc.proxies
+        with torch.no_grad():
+            proxies.zero_()
+            proxies[:, :3] = torch.as_tensor(self.vectors, dtype=proxies.dtype)
+
+
+def _wpgma_splits(d: np.ndarray) -> set:
+    """Non-trivial splits (named by the side without class 0) of scipy's WPGMA tree (linkage "weighted")."""
+    k, clusters = len(d), [frozenset([i]) for i in range(len(d))]
+    for a, b, _, _ in linkage(squareform(d, checks=False), method="weighted"):
+        clusters.append(clusters[int(a)] | clusters[int(b)])
+    every = frozenset(range(k))
+    return {c if 0 not in c else every - c for c in clusters if 2 <= len(c) <= k - 2}
 
 
 def test_proxydr_metrics_use_the_heads_own_distance(run_train, tmp_path):
-    from src.evaluation.hierarchy import hierarchy_mean_corr, hierarchy_rf
+    """The hierarchy metrics of an arccos ProxyDR head are scored in arccos, rescored here by hand. The proxies are
+    set before the test pass to vectors whose WPGMA trees differ under arccos and euc (seed 33 was searched for
+    that), so that rf tells the two metrics apart."""
+    from src.evaluation.hierarchy import tree_distance_matrix, wpgma_clusters
 
-    record = run_train("method=proxydr", "case=baseline", "trainer.fast_dev_run=true")  # arccos head (config)
-    with np.load(tmp_path / "run" / "hierarchy.npz") as f:
-        vectors = f["class_vectors"]
+    vectors = np.random.default_rng(33).normal(size=(10, 3))
+    record = run_train("method=proxydr", "case=baseline", "trainer.fast_dev_run=true",
+                       callbacks=[SetProxies(vectors)])  # arccos head (config)
     case1 = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
     assert record["hierarchy_name"] == "case1" and record["eval_hierarchy"] == case1
-    assert record["hierarchy_rf"] == hierarchy_rf(vectors, case1, "arccos")
-    assert record["hierarchy_mean_corr"] == pytest.approx(hierarchy_mean_corr(vectors, case1, "arccos"), abs=1e-12)
+    w = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cos = np.clip(w @ w.T, -1, 1)
+    arccos, euc = np.arccos(cos), np.sqrt(np.maximum(2 - 2 * cos, 0))
+    np.fill_diagonal(arccos, 0)
+    np.fill_diagonal(euc, 0)
+    # The reference tree's splits (WPGMA of the tree distances, class-order ties) are the module's own: only the
+    # learned tree depends on the metric.
+    every = frozenset(range(10))
+    reference = {c if 0 not in c else every - c for c in wpgma_clusters(tree_distance_matrix(case1))
+                 if 2 <= len(c) <= 8}
+    rf = {name: len(reference ^ _wpgma_splits(d)) / (len(reference) + 7) for name, d in (("arccos", arccos),
+                                                                                          ("euc", euc))}
+    assert rf["arccos"] != rf["euc"]
+    assert record["hierarchy_rf"] == pytest.approx(rf["arccos"], abs=1e-12)
+    # mean_corr: Spearman of each class's column against the tree's (0 self, 2 same superclass, 4 across),
+    # Fisher-averaged (the same for any monotone map of the angle, so for euc too).
+    d_t = np.where(np.equal.outer(case1, case1), 2.0, 4.0)
+    np.fill_diagonal(d_t, 0)
+    rho = [stats.spearmanr(arccos[:, i], d_t[:, i]).statistic for i in range(10)]
+    assert record["hierarchy_mean_corr"] == pytest.approx(np.tanh(np.mean(np.arctanh(rho))), abs=1e-12)

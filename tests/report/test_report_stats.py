@@ -117,7 +117,10 @@ def test_holm_adjusts_in_order_and_stops_at_the_first_p_above_its_threshold():
 
 def test_holm_verdicts_across_three_rows_of_one_table(tmp_path):
     sweep = tmp_path / "s"
-    _baseline(sweep)
+    masked = {"case1": MASKED, "case2": [0.9, 1.2, 0.6], "case4": [0.4, 0.9, 0.5]}  # the baseline's, per case
+    for seed, err in enumerate(BASE):
+        write_run(sweep, f"baseline{seed}", dataset="digits", case="baseline", seed=seed, test_error=err,
+                  test_error_masked={case: m[seed] for case, m in masked.items()})
     arms = {"case1": [0.1, 0.6, 0.0], "case2": [1.3, 1.9, 1.3], "case4": [0.9, 1.2, 0.8]}
     for case, errors in arms.items():
         _case(sweep, case, errors)
@@ -131,12 +134,33 @@ def test_holm_verdicts_across_three_rows_of_one_table(tmp_path):
         assert rows[case]["delta_p"] == pytest.approx(p[case])
         assert rows[case]["delta_p_holm"] == pytest.approx(max(min(1, (3 - k) * p[c]) for k, c in enumerate(order[:rank + 1])))
     assert [rows[c]["verdict"] for c in order] == ["better", "worse", "no evidence"]
-    # The fair Δs form their own family of three.
-    fair = {c: stats.ttest_rel(e, MASKED).pvalue for c, e in arms.items() if c == "case1"}
-    assert rows["case1"]["fair_delta_p"] == pytest.approx(fair["case1"])
+    # The fair Δs form their own family of three, each against the baseline's masked error of its own case.
+    fair = {c: stats.ttest_rel(e, masked[c]).pvalue for c, e in arms.items()}
+    fair_order = sorted(fair, key=fair.get)
+    for rank, case in enumerate(fair_order):
+        assert rows[case]["fair_delta"] == pytest.approx(np.mean(np.subtract(arms[case], masked[case])))
+        assert rows[case]["fair_delta_p"] == pytest.approx(fair[case])
+        assert rows[case]["fair_delta_p_holm"] == pytest.approx(
+            max(min(1, (3 - k) * fair[c]) for k, c in enumerate(fair_order[:rank + 1])))
     assert rows["case4"]["seeds_needed"] == seeds_needed(np.mean(np.subtract(arms["case4"], BASE)),
                                                          np.std(np.subtract(arms["case4"], BASE), ddof=1), 0.05)
     assert rows["case1"]["seeds_needed"] is None  # only for rows without evidence
+
+
+def test_holm_carries_a_larger_adjusted_p_down_the_table(tmp_path):
+    """Holm's monotone step decides a verdict: case2's own 2·p is under α, but case1's 3·p, above it, carries."""
+    sweep = tmp_path / "s"
+    _baseline(sweep)
+    arms = {"case1": [0.2, 0.3, 0.2], "case2": [0.0, 0.4, 0.3], "case4": [0.9, 1.2, 0.8]}
+    for case, errors in arms.items():
+        _case(sweep, case, errors)
+    rows = {r["case"]: r for r in table_rows(group_runs(load_runs([sweep]))) if r["case"] != "baseline"}
+    p = {c: stats.ttest_rel(e, BASE).pvalue for c, e in arms.items()}
+    assert p["case1"] < p["case2"] < p["case4"]  # the numbers above were chosen for this order and these steps
+    assert 2 * p["case2"] <= 0.05 < 3 * p["case1"]
+    assert rows["case1"]["delta_p_holm"] == pytest.approx(3 * p["case1"])
+    assert rows["case2"]["delta_p_holm"] == pytest.approx(3 * p["case1"])  # not 2 · p["case2"]
+    assert [rows[c]["verdict"] for c in arms] == ["no evidence"] * 3
 
 
 def _power_direct(delta, sd, n, alpha):

@@ -108,7 +108,7 @@ def test_run_interrupted_is_not_an_exception():
 
 def test_sigterm_stops_the_real_run_and_a_rerun_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "src.train", "trainer.max_epochs=6", "trainer.enable_progress_bar=false",
+    cmd = [sys.executable, "-m", "src.train", "trainer.max_epochs=6", "trainer.enable_progress_bar=false", "threads=1",
            f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
