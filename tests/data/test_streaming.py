@@ -201,7 +201,7 @@ def test_streamed_folder_keeps_multi_level_custom_trees(images, tmp_path):
                        "dataset.val_size=3"])
     record = train(cfg, run)
     assert record["superclasses"] == [0, 1, 1] and set(record["level_acc"]) == {"class", "pair", "all"}
-    assert record["level_acc"]["all"] == 100.0 and record["level_acc"]["pair"] >= record["level_acc"]["class"]
+    assert record["level_acc"]["all"] == 100.0 and record["level_acc"]["pair"] >= record["level_acc"]["class"]  # hand-derived: one group holds every class
 
 
 KILL = textwrap.dedent("""

@@ -165,7 +165,7 @@ def test_a_named_schedule_follows_the_epochs_of_a_run(run_train):
     run_train("method=haframe", "method.loss_schedule=linear-decrease", "trainer.max_epochs=2",
               "trainer.limit_train_batches=2", "trainer.limit_test_batches=1", callbacks=[Record()])
     # the code's linear-decrease: α = 1 − epoch/epochs, β = 1 − α
-    assert seen == [(0, 2, (0.0, 1.0)), (1, 2, (0.5, 0.5))]
+    assert seen == [(0, 2, (0.0, 1.0)), (1, 2, (0.5, 0.5))]  # hand-derived
 
 
 def test_bad_schedules_are_one_line():
