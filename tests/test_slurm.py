@@ -262,16 +262,16 @@ def test_scancel_of_one_job_is_one_line_with_its_resume_command(cluster, referen
     assert records[target.name]["resumed_at_epoch"] >= 1
 
 
-def test_ctrl_c_leaves_the_jobs_running_and_says_how_to_cancel_them(cluster, reference, tmp_path):
+def test_ctrl_c_leaves_the_jobs_running_and_says_how_to_cancel_them(cluster, long_reference, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = launch(sweep)
-    jobs = [job_of(run_dir(sweep, case)) for case in ("baseline", "case1")]
+    proc = launch(sweep, jobs=LONG)  # long enough to be running at Ctrl-C on an idle machine (2 epochs were not)
+    jobs = [job_of(run_dir(sweep, "case1", epochs=60))]
     proc.send_signal(signal.SIGINT)
     code, log = finish(proc, timeout=60)
     assert code == 130 and "Traceback" not in log, log
     assert log.strip().splitlines()[-1].endswith(f"keep running on SLURM; cancel them with: scancel {' '.join(jobs)}")
     wait_until(lambda: all(state(job) == "" or state(job) == "COMPLETED" for job in jobs), what="the jobs to end")
-    assert_like(sweep, reference)
+    assert_like(sweep, long_reference)
 
 
 @CI
