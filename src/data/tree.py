@@ -107,6 +107,27 @@ class ClassTree:
         h.flags.writeable = False
         return h
 
+    @cached_property
+    def node_counts(self) -> tuple[int, ...]:
+        """Real nodes per depth, root (depth 0) first, the classes' depth L + 1 last, each node counted once.
+
+        A tree whose leaves sit at different depths is padded (``src.data.mbm``): a class c above its own depth is
+        a group of that one class, named as a class. Such a group is c, not a new node; c counts at the depth of
+        its shallowest copy. Internal nodes are never named as classes, so a real one-child node counts. On a tree
+        without padding this is 1, the group counts, then K."""
+        names = set(self.class_names)
+        depth_of_class = [len(self.levels) + 1] * self.num_classes
+        counts = [1] + [0] * len(self.levels) + [0]
+        for depth, level in zip(range(len(self.levels), 0, -1), self.levels):   # finest (depth L) first
+            padded = {g for g, name in enumerate(level.group_names) if name in names}
+            counts[depth] = len(level.group_names) - len(padded)
+            for c, g in enumerate(level.table):
+                if g in padded:
+                    depth_of_class[c] = depth
+        for d in depth_of_class:
+            counts[d] += 1
+        return tuple(counts)
+
     @property
     def path_lengths(self) -> np.ndarray:
         """Edges on the path between two classes (ProxyDR's tree distance): 2·h, as float64 (K, K). A new array on

@@ -8,7 +8,10 @@ For the path of the true class y from its leaf up to the root, y = n_0, n_1, ...
     HXE(z, y) = Σ_{i=0..L} λ(n_i) · −log( p(n_i) / p(n_{i+1}) ),     p = softmax(z)
     λ(n) = exp(−α · depth(n)) / Σ_{all nodes m, root and leaves included} exp(−α · depth(m))
 
-with depth(root) = 0 and depth(leaf) = L + 1 (every class at the same depth: ``src.data.tree``). A term whose
+with depth(root) = 0 and depth(leaf) = L + 1 (every class at the same depth: ``src.data.tree``). Where the leaves
+sit at different depths (tieredImageNet-H), the tree is padded with copies of the shallow classes; the normaliser
+counts each real node once (``ClassTree.node_counts``), as the code's sum over MBM's unpadded tree, and the copies'
+terms are −log(p_c / p_c) = 0, so a class's term keeps its real depth's weight. A term whose
 numerator is exactly 0 contributes 0 (the code's ``num != 0`` mask); the denominator of the last term is the sum
 of all probabilities, as in the code. The loss is the mean over the batch.
 
@@ -30,9 +33,8 @@ if TYPE_CHECKING:  # models/ imports no data/ module at run time
 def hxe_weights(tree: "ClassTree", alpha: float) -> np.ndarray:
     """λ of the path's nodes, leaf first: (L + 1,), float64 (the code sums the normaliser with ``math.fsum``)."""
     depth_leaf = len(tree.levels) + 1
-    # nodes per depth: root 1, level L (coarsest) at depth 1, ..., the classes at depth L + 1
-    counts = [1] + [len(level.group_names) for level in reversed(tree.levels)] + [tree.num_classes]
-    total = float(np.sum([n * np.exp(-alpha * d) for d, n in enumerate(counts)]))
+    # real nodes per depth, each once: a padded tree's copies of a shallow class are not nodes of MBM's tree
+    total = float(np.sum([n * np.exp(-alpha * d) for d, n in enumerate(tree.node_counts)]))
     return np.array([np.exp(-alpha * (depth_leaf - i)) for i in range(depth_leaf)]) / total
 
 
@@ -50,8 +52,12 @@ def hierarchical_cross_entropy(logits: torch.Tensor, label: torch.Tensor, tree: 
         nodes.append(groups.gather(1, t[label][:, None]).squeeze(1))
     nodes.append(p.sum(1))
     num, den = torch.stack(nodes[:-1], 1), torch.stack(nodes[1:], 1)
-    safe = torch.where(num != 0, num / den, torch.ones_like(num))
-    terms = torch.where(num != 0, -torch.log(safe), torch.zeros_like(num))
+    kept = num != 0
+    # the dropped terms' ratio is computed too (torch.where has both branches): 1 / 1 there, not 0 / 0, whose
+    # gradient (0 · inf) would be NaN for the whole row and then the whole batch's update
+    one = torch.ones_like(num)
+    ratio = torch.where(kept, num, one) / torch.where(kept, den, one)
+    terms = torch.where(kept, -torch.log(ratio), torch.zeros_like(num))
     # summed root side first, as the code's torch.flip (float sums depend on the order)
     return torch.sum(torch.flip(weights * terms, dims=[1]), dim=1).mean()
 

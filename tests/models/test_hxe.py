@@ -125,3 +125,72 @@ def test_method_reads_the_tree_set_by_build_and_backpropagates():
     loss = method.loss(NetOutput(logits), torch.tensor([0, 3, 5, 7, 9]), torch.zeros(5, dtype=torch.long))
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_saturated_logits_give_the_official_gradient_not_nan():
+    """Issue input: 4 classes, groups [0, 0, 1, 1], float32 logits [[-200, -200, 0, 0]], label 0, α = 0.1. p_0 and
+    its group's p underflow to 0: the official code drops both terms (``num != 0``): loss 0, gradient 0, not NaN."""
+    from src.data.tree import ClassTree
+
+    tree = ClassTree.from_table("t", [0, 0, 1, 1], ["a", "b", "c", "d"])
+    target = torch.tensor([0])
+    ours_logits = torch.tensor([[-200.0, -200.0, 0.0, 0.0]], requires_grad=True)
+    official_logits = ours_logits.detach().clone().requires_grad_(True)
+    ours = hierarchical_cross_entropy(ours_logits, target, tree, 0.1)
+    official = official_hxe(official_logits, target, tree, 0.1)
+    ours.backward()
+    official.backward()
+    assert ours.item() == official.item() == 0.0
+    torch.testing.assert_close(ours_logits.grad, official_logits.grad, atol=0, rtol=0)
+    assert torch.equal(official_logits.grad, torch.zeros(1, 4))
+    # one such row among finite ones leaves the batch's gradient finite, and equal to the code's
+    logits = torch.cat([torch.tensor([[-200.0, -200.0, 0.0, 0.0]]), torch.randn(7, 4)]).requires_grad_(True)
+    official_logits = logits.detach().clone().requires_grad_(True)
+    target = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    hierarchical_cross_entropy(logits, target, tree, 0.1).backward()
+    official_hxe(official_logits, target, tree, 0.1).backward()
+    torch.testing.assert_close(logits.grad, official_logits.grad, atol=1e-7, rtol=1e-6)
+
+
+# An isa tree whose leaves sit at depths 2 to 4 (tieredImageNet-H's sit at 3 to 12), with a real one-child node
+# (z -> w) as WordNet has: MBM's nltk tree is the isa tree itself; the project pads it (src.data.mbm.isa_tree).
+# (No leaf right under the root: there the official code's denominator column is off by one, j of the loop before.)
+UNEVEN_ISA = [("r", "a"), ("r", "x"), ("r", "z"), ("a", "b"), ("a", "l2"), ("b", "d"), ("b", "l3"), ("d", "l4"),
+              ("d", "l5"), ("x", "y"), ("x", "l1"), ("y", "l6"), ("y", "l7"), ("y", "e"), ("e", "l8"), ("e", "l9"),
+              ("z", "w"), ("w", "m1"), ("w", "m2")]
+
+
+def isa_nltk(isa, node="r"):
+    children = [c for p, c in isa if p == node]
+    return NltkTree(node, [isa_nltk(isa, c) if any(p == c for p, _ in isa) else c for c in children])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.9])
+def test_uneven_tree_counts_each_real_node_once_as_the_official_code(tmp_path, alpha):
+    """On a padded tree, loss and gradient equal MBM's on the unpadded tree: the normaliser counts the 20 real
+    nodes, not the 29 of the padded tree (tieredImageNet-H: 843, not 3,310); the padded edges' terms are log 1 = 0."""
+    from src.data.mbm import isa_tree
+    from src.data.random_tree import permuted_tree
+
+    (tmp_path / "isa.txt").write_text("".join(f"{p} {c}\n" for p, c in UNEVEN_ISA))
+    tree = isa_tree("uneven", tmp_path / "isa.txt")
+    assert len(tree.levels) == 3 and sum(tree.node_counts) == 20 == len(isa_nltk(UNEVEN_ISA).treepositions())
+    assert permuted_tree(tree, 0).node_counts == tree.node_counts          # the random-tree control's too
+    g = torch.Generator().manual_seed(4)
+    logits = (3 * torch.randn(64, tree.num_classes, generator=g)).requires_grad_(True)
+    target = torch.randint(0, tree.num_classes, (64,), generator=g)
+    official_logits = logits.detach().clone().requires_grad_(True)
+    hierarchy = isa_nltk(UNEVEN_ISA)
+    official = HierarchicalLLLoss(hierarchy, list(tree.class_names), get_exponential_weighting(hierarchy, alpha))(
+        torch.nn.functional.softmax(official_logits, 1), target)
+    ours = hierarchical_cross_entropy(logits, target, tree, alpha)
+    torch.testing.assert_close(ours, official, atol=1e-7, rtol=1e-6)
+    ours.backward()
+    official.backward()
+    torch.testing.assert_close(logits.grad, official_logits.grad, atol=1e-8, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["digits_case1", "three_levels", "cifar100"])
+def test_balanced_trees_count_every_node(name):
+    tree = trees()[name]
+    assert sum(tree.node_counts) == len(as_nltk(tree).treepositions())
