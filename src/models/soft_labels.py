@@ -12,8 +12,8 @@ The code's ``nn.KLDivLoss()`` has the default ``reduction="mean"``: a mean over 
 (``reduction: mean``); ``reduction: batchmean`` gives the per-image mean (the KL divergence itself).
 
 β is the code's ``--beta`` ("softness": the higher, the closer to one-hot). Its default there is 0, which turns
-soft labels off (one-hot targets); the paper's experiments use 4 to 30 (``experiments/softlabels_*_beta*.sh``),
-and ``conf/method/soft_labels.yaml`` takes β = 10.
+soft labels off (one-hot targets, here too); the paper's experiments use 4 to 30
+(``experiments/softlabels_*_beta*.sh``), and ``conf/method/soft_labels.yaml`` takes β = 10.
 """
 import numpy as np
 import torch
@@ -26,8 +26,12 @@ REDUCTIONS = ("mean", "batchmean")
 
 
 def soft_label_matrix(heights: np.ndarray, beta: float) -> np.ndarray:
-    """S (K, K) with column y the target distribution q_y (the code's ``make_all_soft_labels``), float64."""
+    """S (K, K) with column y the target distribution q_y (the code's ``make_all_soft_labels``), float64.
+    β = 0 gives one-hot targets, the identity: the code then skips soft labels (``opts.soft_labels = opts.beta != 0``
+    in ``scripts/start_training.py``) rather than train on uniform targets, which would ignore the label."""
     d = np.asarray(heights, dtype=np.float64)
+    if beta == 0:
+        return np.eye(len(d))
     d = d / d.max()
     e = np.exp(-beta * d)
     return e / e.sum(axis=0, keepdims=True)

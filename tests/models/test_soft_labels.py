@@ -72,3 +72,29 @@ def test_soft_label_of_a_two_level_tree_is_hand_derived():
     assert s[0, 0].item() == pytest.approx((1 / z).item(), rel=1e-6)
     other = next(c for c in range(10) if t[c] != t[0])
     assert s[other, 0].item() == pytest.approx((torch.exp(torch.tensor(-beta)) / z).item(), rel=1e-6)
+
+
+def make_batch_onehot_labels(target, num_classes, batch_size):
+    onehot_labels = torch.zeros((batch_size, num_classes), dtype=torch.float32)
+    for i in range(batch_size):
+        onehot_labels[i, target[i]] = 1.0
+    return onehot_labels
+
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
+@pytest.mark.parametrize("name", ["digits_case1", "cifar100"])
+def test_beta_zero_is_one_hot_as_the_official_code(name):
+    """β = 0: the code's ``opts.soft_labels = opts.beta != 0`` (``scripts/start_training.py``) turns soft labels off,
+    and ``run_xent.py`` trains on ``make_batch_onehot_labels`` (``labels.py``): the loss is CE / K, not uniform
+    targets (which would ignore the label)."""
+    tree = trees()[name]
+    g = torch.Generator().manual_seed(5)
+    logits = 3 * torch.randn(16, tree.num_classes, generator=g)
+    target = torch.randint(0, tree.num_classes, (16,), generator=g)
+    expected = torch.nn.KLDivLoss()(torch.nn.functional.log_softmax(logits, 1),
+                                    make_batch_onehot_labels(target, tree.num_classes, len(target)))
+    method = SoftLabels(beta=0.0)
+    method.tree = tree
+    ours = method.loss(NetOutput(logits), target, torch.zeros_like(target))
+    assert abs(ours.item() - expected.item()) < 1e-6
+    torch.testing.assert_close(ours, torch.nn.functional.cross_entropy(logits, target) / tree.num_classes)
