@@ -13,7 +13,7 @@ s_min is the smallest of 100 values ``linspace(−1/(K−1), −1, 100)`` for wh
 scaled by √(2/K), the frame is W = (Q Λ^{1/2} Vᵀ)ᵀ (K, K): W Wᵀ = S, any rotation Q. W is fixed (not trained).
 
 The network. The pooled features pass the code's transformation module, to K dimensions: a bias-free linear map
-(the code's 1×1 convolution before the pooling, which commutes with it), BatchNorm1d (momentum 0.001), and two
+(the code's 1×1 convolution before the pooling, which commutes with it), BatchNorm1d, and two
 residual layers (Linear → BN → PReLU, twice, plus the identity), giving x (B, K). The logits are x Wᵀ (no bias).
 
 The loss, with (β, α) = ``mixing_ratio(loss_schedule, epoch, epochs, period)``::
@@ -40,6 +40,10 @@ from src.run.errors import ConfigError
 from src.models.method import Method, NetOutput
 
 SAMPLES = 100        # candidate s_min values (the code's num_samples)
+# momentum of the head's first BatchNorm1d per backbone, as the code's head on that backbone: the CIFAR wide ResNet
+# (util/arch/wideresnet.py HAFrameWideResNet.bn2) 0.001, as the rest of that net; the torchvision ResNet-50
+# (util/arch/HAF_resnet.py HAFrameResNet50.features_1) PyTorch's default 0.1
+HEAD_BN_MOMENTUM = {"PreActResNet": 0.001, "TorchvisionResNet": 0.1}
 SCHEDULES = ("linear-decrease", "linear-increase", "cosine", "cosine-linear-increase", "cosine-linear-decrease")
 EIGEN_EPSILON = 1e-6  # eigenvalues below this in magnitude count as 0
 
@@ -139,10 +143,10 @@ class ResidualLayer(nn.Module):
 class HAFrameHead(nn.Module):
     """Replaces the network's ``fc``: transformation module to K features x, logits x Wᵀ against the fixed frame."""
 
-    def __init__(self, in_features: int, frame: np.ndarray) -> None:
+    def __init__(self, in_features: int, frame: np.ndarray, bn_momentum: float = 0.1) -> None:
         super().__init__()
         k = frame.shape[0]
-        self.transform = nn.Sequential(nn.Linear(in_features, k, bias=False), nn.BatchNorm1d(k, momentum=0.001),
+        self.transform = nn.Sequential(nn.Linear(in_features, k, bias=False), nn.BatchNorm1d(k, momentum=bn_momentum),
                                        ResidualLayer(k), ResidualLayer(k))
         self.register_buffer("frame", torch.as_tensor(frame, dtype=torch.float32))
         self.last_features: Optional[torch.Tensor] = None   # x of the last batch, for the cosine loss
@@ -194,8 +198,11 @@ class HAFrame(Method):
         self.callbacks = [EpochOfMethod(self)]
 
     def attach(self, net: nn.Module, num_classes: int, num_superclasses: int) -> None:
+        backbone = type(net).__name__
+        if backbone not in HEAD_BN_MOMENTUM:
+            raise ConfigError(f"method=haframe knows the heads of {list(HEAD_BN_MOMENTUM)}, not of {backbone}")
         frame, s = haf_frame(self.tree.lca_heights, self.haf_gamma, seed=self.frame_seed)
-        self.head = HAFrameHead(net.num_features, frame)
+        self.head = HAFrameHead(net.num_features, frame, HEAD_BN_MOMENTUM[backbone])
         self.head.register_buffer("similarity", torch.as_tensor(s, dtype=torch.float32))
         net.fc = self.head
 

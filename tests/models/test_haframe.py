@@ -184,3 +184,32 @@ def test_cifar100_tree_distances_are_haframes_distance_file():
     official_sha256 = "668b061b09ae6904ae686681afd744b08dc7dde432f69398c2a647f546f84a40"
     heights = np.ascontiguousarray(trees()["cifar100"].lca_heights, dtype=np.int64)
     assert hashlib.sha256(heights.tobytes()).hexdigest() == official_sha256
+
+
+def official_head_batchnorms(backbone, num_classes):
+    """The BatchNorm1d layers of the official transformation head, in order (re-typed constructors, COMMIT):
+    ``util/arch/wideresnet.py`` ``HAFrameWideResNet`` (CIFAR: ``self.bn2 = nn.BatchNorm1d(num_classes,
+    momentum=0.001)``) and ``util/arch/HAF_resnet.py`` ``HAFrameResNet50`` (``nn.BatchNorm1d(num_classes)`` before
+    ``NarrowResidualTransformationHead``); both heads' two ``PointResidualTransformationLayer`` keep the default."""
+    first = nn.BatchNorm1d(num_classes, momentum=0.001) if backbone == "wideresnet" else nn.BatchNorm1d(num_classes)
+    return [first] + [nn.BatchNorm1d(num_classes) for _ in range(4)]   # bn1, bn2 of two residual layers
+
+
+@pytest.mark.parametrize("model, official", [("preact", "wideresnet"), ("resnet18", "resnet50"),
+                                             ("resnet50", "resnet50")])
+def test_head_batchnorm_momentum_follows_the_official_code_per_backbone(model, official):
+    """The CIFAR ResNet (pre-activation, as the code's wide ResNet) takes the wide ResNet head's 0.001; the torchvision
+    ResNets take the ResNet-50 head's 0.1: the running statistics move as the code's on the same batches."""
+    from src.models.torchvision_resnet import TorchvisionResNet
+
+    tree = trees()["digits_case1"]
+    net = PreActResNet(10, 10, in_channels=1) if model == "preact" else TorchvisionResNet(model, 10, in_channels=1)
+    method = HAFrame()
+    method.tree = tree
+    method.attach(net, 10, 0)
+    ours = [m for m in net.fc.modules() if isinstance(m, nn.BatchNorm1d)]
+    reference = official_head_batchnorms(official, 10)
+    assert [m.momentum for m in ours] == [m.momentum for m in reference]
+    x = torch.randn(8, 10)
+    ours[0](x), reference[0](x)
+    torch.testing.assert_close(ours[0].running_mean, reference[0].running_mean)
