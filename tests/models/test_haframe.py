@@ -213,3 +213,22 @@ def test_head_batchnorm_momentum_follows_the_official_code_per_backbone(model, o
     x = torch.randn(8, 10)
     ours[0](x), reference[0](x)
     torch.testing.assert_close(ours[0].running_mean, reference[0].running_mean)
+
+
+@pytest.mark.parametrize("schedule", ["0.4", "0.9"])
+def test_method_loss_on_an_attached_head_is_the_official_mixed_loss(schedule):
+    """``HAFrame.loss`` (the network's head, the method's schedule) against the official mixed loss with the official
+    scheduler's (β, α): β weighs CE, α the cosine loss; swapped, 0.4 gives 0.6·CE + 0.4·cos, not 0.4·CE + 0.6·cos."""
+    tree = trees()["digits_case1"]
+    net = PreActResNet(10, 10, in_channels=1)
+    method = HAFrame(loss_schedule=schedule)
+    method.tree = tree
+    method.attach(net, 10, 0)
+    label = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    ours = method.loss(net(torch.randn(8, 1, 8, 8)), label, label)
+    beta, alpha = mixing_ratio_scheduler(SimpleNamespace(loss_schedule=schedule, epochs=1), 0)
+    frame, similarity, x = net.fc.frame, net.fc.similarity, net.fc.last_features
+    expected = official_mixed_loss(beta, alpha, frame, x, label, similarity[:, label].T)
+    assert abs(ours.item() - expected.item()) < 1e-6
+    swapped = official_mixed_loss(alpha, beta, frame, x, label, similarity[:, label].T)
+    assert abs(swapped.item() - expected.item()) > 1e-3          # the input tells the two apart
