@@ -57,3 +57,38 @@ def test_a_random_tree_run_records_and_trains_hxe(run_train):
     cases = dataset_cases("digits", DIGITS)
     assert record["superclasses"] == resolve_case({"name": "random", "of": "case3", "shuffle_seed": 1}, cases,
                                                   DIGITS).table
+
+
+@pytest.mark.parametrize("method", ["hxe", "soft_labels", "haframe"])
+def test_the_control_trains_the_method_on_the_permuted_tree(tmp_path, method):
+    """Not only the record: the method built for case=random holds the permuted tree, and its loss is the loss of
+    that tree (a control trained on the real tree would measure the real tree twice)."""
+    import torch
+
+    from helpers import FAST, compose_cfg
+    from src.models.method import NetOutput
+    from src.train import build
+
+    cfg = compose_cfg([*FAST, "case=random", "case.of=case3", "case.shuffle_seed=1", f"method={method}"])
+    _, module, _ = build(cfg, tmp_path)
+    real = dataset_cases("digits", DIGITS)["case3"].tree
+    permuted = permuted_tree(real, 1)
+    tree = module.method.tree
+    assert [level.table for level in tree.levels] == [level.table for level in permuted.levels]
+    assert np.array_equal(tree.lca_heights, permuted.lca_heights)
+    assert not np.array_equal(tree.lca_heights, real.lca_heights)
+    if method == "haframe":                  # the fixed frame's similarities come from the permuted tree
+        from src.models.haframe import haf_frame
+        expected = haf_frame(permuted.lca_heights, module.method.haf_gamma)[1]
+        np.testing.assert_allclose(module.net.fc.similarity.numpy(), expected, atol=1e-6)
+        return
+    logits, label = torch.randn(10, 10), torch.arange(10)
+    ours = module.method.loss(NetOutput(logits), label, label)
+    if method == "hxe":
+        from src.models.hxe import hierarchical_cross_entropy
+        expected = hierarchical_cross_entropy(logits, label, permuted, module.method.alpha)
+    else:
+        from src.models.soft_labels import soft_label_loss, soft_label_matrix
+        s = torch.as_tensor(soft_label_matrix(permuted.lca_heights, module.method.beta), dtype=torch.float32)
+        expected = soft_label_loss(logits, label, s)
+    torch.testing.assert_close(ours, expected)
