@@ -69,14 +69,23 @@ def one_sweep(*groups: Group) -> bool:
     return len({r.sweep for g in groups for r in g.finished}) == 1
 
 
+def delta_baselines(g: Group) -> dict[str, str]:
+    """The baseline's measure each Δ of ``g`` subtracts from ``g``'s test error, by Δ: ``delta`` the baseline's test
+    error; ``fair_delta`` (rows with HAL's block only) the baseline's masked error of ``g``'s own case, the baseline
+    given the same hint. The one definition for the table's rows and TensorBoard's HPARAMS."""
+    found = {"delta": "test_error"}
+    if g.has_block:
+        found["fair_delta"] = f"test_error_masked.{g.case}"
+    return found
+
+
 def comparisons(g: Group, base: Optional[Group]) -> tuple[Optional[Comparison], Optional[Comparison]]:
-    """Δ vs baseline (test error − the baseline's) and fair Δ (test error − the baseline's masked error of the
-    group's case; only for rows with HAL's block)."""
+    """Δ vs baseline and fair Δ (``delta_baselines``) over the seeds."""
     if base is None or g.is_baseline:
         return None, None
-    mine = g.values("test_error")
-    delta = compare(mine, base.values("test_error"))
-    fair = compare(mine, base.values(f"test_error_masked.{g.case}")) if g.has_block else None
+    mine, theirs = g.values("test_error"), delta_baselines(g)
+    delta = compare(mine, base.values(theirs["delta"]))
+    fair = compare(mine, base.values(theirs["fair_delta"])) if "fair_delta" in theirs else None
     return delta, fair
 
 

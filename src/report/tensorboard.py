@@ -10,10 +10,11 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from src.report.rows import baseline_of, baselines
+from src.report.rows import baseline_of, baselines, delta_baselines
 from src.report.runs import Group, Run
 
 DESCRIBED_BY = ("dataset", "depth", "method", "position", "case", "seed")
+HPARAMS_NAMES = {"delta": "delta_vs_baseline", "fair_delta": "fair_delta"}   # the Δs of delta_baselines, by name
 
 
 def _hparam(value):
@@ -42,11 +43,10 @@ def run_entries(groups: list[Group]) -> list[tuple[Run, dict, dict]]:
                        "case": g.case, "seed": run.seed, **run.setting_values}
             metrics = dict(run.measures)
             if not g.is_baseline:
-                for key, theirs in (("delta_vs_baseline", _against(run, base, "test_error")),
-                                    ("fair_delta", _against(run, base, f"test_error_masked.{g.case}")
-                                     if g.has_block else None)):
+                for key, measure in delta_baselines(g).items():
+                    theirs = _against(run, base, measure)
                     if theirs is not None:
-                        metrics[key] = run.measures["test_error"] - theirs
+                        metrics[HPARAMS_NAMES[key]] = run.measures["test_error"] - theirs
             entries.append((run, hparams, metrics))
     varying = {k for k in {k for _, h, _ in entries for k in h}
                if len({str(h.get(k)) for _, h, _ in entries}) > 1}

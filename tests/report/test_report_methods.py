@@ -145,3 +145,20 @@ def test_the_tables_show_the_mistake_metrics_and_crm(tmp_path):
     md = (sweep / "table.md").read_text()  # the methods layout: CRM among the no-hint protocols
     assert "## Without the hint?\n\n| dataset | depth | method | case | CRM % |\n" in md
     assert "| cifar100 | 10 | dks | baseline | 35.00 |" in md
+
+
+def test_fair_delta_of_a_case2_run_is_against_the_baselines_case2_masked_error_in_rows_and_tensorboard(methods_sweep):
+    """One definition (``src.report.rows.delta_baselines``) for the table and TensorBoard's HPARAMS. The baseline's
+    masked errors differ per case (case1 0.4, case2 0.5, + seed/10): a case2 run is measured against case2's."""
+    from src.report.tensorboard import run_entries
+
+    for seed in (0, 1):
+        write_run(methods_sweep, f"hal_case2_{seed}", dataset="digits", case="case2", method="hal", position=3,
+                  seed=seed, test_error=0.35, test_error_masked={"case2": 0.3})
+    groups = group_runs(load_runs([methods_sweep]))
+    row = next(r for r in table_rows(groups) if r["case"] == "case2")
+    assert row["fair_delta"] == pytest.approx(0.35 - (0.5 + 0.6) / 2)          # not 0.35 − 0.45 (case1's)
+    metrics = {run.dir.name: m for run, _, m in run_entries(groups)}
+    assert metrics["hal_case2_0"]["fair_delta"] == pytest.approx(0.35 - 0.5)      # the same seed's baseline
+    assert metrics["hal_case2_1"]["fair_delta"] == pytest.approx(0.35 - 0.6)
+    assert metrics["hal1"]["fair_delta"] == pytest.approx(0.3 - 0.5)             # case1: 0.4 + 1/10
