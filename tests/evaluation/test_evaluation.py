@@ -1,19 +1,25 @@
 """Test protocols and hierarchy metrics, on cases whose answer is known by construction."""
+import csv
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
+from scipy import stats
+from scipy.spatial.distance import pdist
 
-from helpers import HandScore
+from helpers import HandScore, hand_heights
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from src.evaluation.protocols import (
     EvaluationConfigError, confusion_figure, error, evaluation_options, hierarchy_metrics, hierarchy_spearman,
     inferred_scores, protocol_scores, superclass_order, tree_distances, wrong_superclass)
+from src.data.superclasses import cifar100_tree
 from src.models.method import NetOutput
 from src.models.resnet import PreActResNet
 
@@ -161,10 +167,37 @@ def test_confusion_figure_orders_classes_by_superclass():
     assert len(ax.lines) == 2  # one horizontal and one vertical line between the two superclasses
 
 
+class ClassVectors(pl.Callback):
+    """The network's class vectors (the classifier's rows) when the test pass ends."""
+
+    def on_test_end(self, trainer, pl_module):
+        self.vectors = pl_module.net.class_vectors().detach().double().numpy()
+
+
+def test_hierarchy_spearman_is_scipys_on_cifar100s_five_level_tree():
+    """Cosine distances of the class vectors against the LCA heights of CIFAR-100's 5-level tree (fine -> coarse ->
+    8 -> 4 -> 2 -> root), read here from the CSV and built by hand; a 2-level tree (fine -> coarse) gives another ρ."""
+    with open(Path(__file__).resolve().parents[2] / "src" / "data" / "cifar100_levels.csv") as f:
+        columns = list(zip(*[[int(v) for v in row] for row in list(csv.reader(f))[1:]]))
+    fine, levels = columns[0], columns[1:]
+    assert list(fine) == list(range(100)) and len(levels) == 4
+    h = hand_heights(levels)
+    vectors = np.random.default_rng(0).normal(size=(100, 16)) + 2 * np.eye(100, 16)
+    # class vectors that carry the tree: a shared part per coarse group and per level-3 group
+    vectors += np.random.default_rng(1).normal(size=(20, 16))[list(levels[0])]
+    vectors += np.random.default_rng(2).normal(size=(8, 16))[list(levels[1])]
+    pairs = np.triu_indices(100, 1)
+    expected = stats.spearmanr(pdist(vectors, "cosine"), h[pairs]).statistic
+    tree = cifar100_tree([f"c{i}" for i in range(100)])
+    assert hierarchy_spearman(vectors, tree) == pytest.approx(expected, abs=1e-12)
+    two_levels = stats.spearmanr(pdist(vectors, "cosine"), hand_heights(levels[:1])[pairs]).statistic
+    assert abs(two_levels - expected) > 1e-3
+
+
 def test_a_run_reports_every_protocol_and_the_hierarchy_metrics(run_train, tmp_path):
-    scored = HandScore()
+    scored, vectors = HandScore(), ClassVectors()
     record = run_train("case=case4", "optimizer.momentum=0.9", "optimizer.lr=0.1",
-                       "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", callbacks=[scored])
+                       "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", callbacks=[scored, vectors])
     run = tmp_path / "run"
     assert record["test_error_oracle"] == pytest.approx(record["test_error"], abs=1e-4)
     hand = scored.scores
@@ -179,7 +212,13 @@ def test_a_run_reports_every_protocol_and_the_hierarchy_metrics(run_train, tmp_p
                                                                  abs=1e-4)
     per = [100 * wrong[t[label] == j].float().mean().item() for j in range(3)]
     assert record["per_superclass_error"] == pytest.approx(per, abs=1e-4)
-    assert -1 <= record["hierarchy_spearman"] <= 1
+    # scipy's Spearman of the final class vectors' cosine distances against the LCA heights of the tree the
+    # hierarchy metrics use by default on digits (eval.hierarchy=default: case1, digit >= 5), not the run's case4
+    assert record["hierarchy_name"] == "case1"
+    h = hand_heights([[int(c >= 5) for c in range(10)]])
+    pairs = np.triu_indices(10, 1)
+    expected = stats.spearmanr(pdist(vectors.vectors, "cosine"), h[pairs]).statistic
+    assert record["hierarchy_spearman"] == pytest.approx(expected, abs=1e-9)
     assert record["eval_hierarchy"] == record["superclasses"] and record["inferred_rule"] == "softmax"
     assert json.loads((run / "metrics.json").read_text()) == record
     assert (run / "confusion.png").stat().st_size > 1000
