@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from helpers import CONF, FAST, compose_cfg
+from helpers import CONF, FAST, HandScore, compose_cfg
 from src.run.resume import finished_record
 from src.run.summary import sweep_summary
 
@@ -52,8 +52,10 @@ def test_the_digits_presets(preset, swept, runs, epochs):
 def test_debug_fast_runs_one_batch_each_and_is_never_finished(run_train, tmp_path):
     cfg = compose_cfg(["debug=fast"])
     assert cfg.trainer.fast_dev_run == 1 and cfg.debug_run is True
-    record = run_train("debug=fast")
-    assert record["status"] == "debug" and 0 <= record["test_error"] <= 100
+    scored = HandScore(rows=512)   # one test batch of 512
+    record = run_train("debug=fast", callbacks=[scored])
+    assert record["status"] == "debug"
+    assert record["test_error"] == pytest.approx(scored.scores["test_error"], abs=1e-4)
     run_dir = tmp_path / "run"
     assert finished_record(run_dir) is None  # a sweep runs it again rather than skipping it
     assert sweep_summary(tmp_path).split(": ")[1].startswith("0 finished, 0 failed, 0 skipped, 0 interrupted, 1 debug")

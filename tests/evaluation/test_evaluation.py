@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from scipy import stats
 from scipy.spatial.distance import pdist
@@ -167,13 +166,6 @@ def test_confusion_figure_orders_classes_by_superclass():
     assert len(ax.lines) == 2  # one horizontal and one vertical line between the two superclasses
 
 
-class ClassVectors(pl.Callback):
-    """The network's class vectors (the classifier's rows) when the test pass ends."""
-
-    def on_test_end(self, trainer, pl_module):
-        self.vectors = pl_module.net.class_vectors().detach().double().numpy()
-
-
 def test_hierarchy_spearman_is_scipys_on_cifar100s_five_level_tree():
     """Cosine distances of the class vectors against the LCA heights of CIFAR-100's 5-level tree (fine -> coarse ->
     8 -> 4 -> 2 -> root), read here from the CSV and built by hand; a 2-level tree (fine -> coarse) gives another ρ."""
@@ -195,9 +187,9 @@ def test_hierarchy_spearman_is_scipys_on_cifar100s_five_level_tree():
 
 
 def test_a_run_reports_every_protocol_and_the_hierarchy_metrics(run_train, tmp_path):
-    scored, vectors = HandScore(), ClassVectors()
+    scored = HandScore()
     record = run_train("case=case4", "optimizer.momentum=0.9", "optimizer.lr=0.1",
-                       "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", callbacks=[scored, vectors])
+                       "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", callbacks=[scored])
     run = tmp_path / "run"
     assert record["test_error_oracle"] == pytest.approx(record["test_error"], abs=1e-4)
     hand = scored.scores
@@ -217,7 +209,7 @@ def test_a_run_reports_every_protocol_and_the_hierarchy_metrics(run_train, tmp_p
     assert record["hierarchy_name"] == "case1"
     h = hand_heights([[int(c >= 5) for c in range(10)]])
     pairs = np.triu_indices(10, 1)
-    expected = stats.spearmanr(pdist(vectors.vectors, "cosine"), h[pairs]).statistic
+    expected = stats.spearmanr(pdist(hand["class_vectors"], "cosine"), h[pairs]).statistic
     assert record["hierarchy_spearman"] == pytest.approx(expected, abs=1e-9)
     assert record["eval_hierarchy"] == record["superclasses"] and record["inferred_rule"] == "softmax"
     assert json.loads((run / "metrics.json").read_text()) == record

@@ -33,7 +33,8 @@ def test_mistake_metrics_by_hand():
     assert record["hierarchical_distance"] == pytest.approx({"1": 1.5, "5": 1.9})  # no k = 20 with 6 classes
     # 1 of 4 right; in the true pair: rows 3, 4; in the true half: rows 2, 3, 4
     assert record["level_acc"] == pytest.approx({"class": 25.0, "pair": 50.0, "half": 75.0})
-    assert record["hierarchy_name"] == "toy" and 0 <= record["ece"] <= 1
+    # ECE: every mistake's bin has accuracy 0, so it adds its confidences: (0.35 + 0.40 + 0.35 + |1 − 0.60|) / 4
+    assert record["hierarchy_name"] == "toy" and record["ece"] == pytest.approx(0.375)
 
 
 def test_crm_on_a_hand_made_probability_matrix():

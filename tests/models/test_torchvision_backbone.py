@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from helpers import HandScore
 from src.run.errors import ConfigError
 from src.models.dks import DKS, HALDKS
 from src.models.heads import HALHeads, SuperclassHeads
@@ -180,9 +181,11 @@ def test_weights_load_through_torchvisions_cache(tmp_path, monkeypatch):
 
 def test_fast_dev_run_on_digits_with_resnet18(run_train):
     """digits' 8 px images go in as they are (no upsampling): a run end to end, not a meaningful accuracy."""
-    record = run_train("model=resnet18", "debug=fast", "case=case1")
+    scored = HandScore(rows=512)   # fast_dev_run: one test batch of 512
+    record = run_train("model=resnet18", "debug=fast", "case=case1", callbacks=[scored])
     assert record["status"] == "debug" and record["position"] == 4 and record["depth"] is None
-    assert 0 <= record["test_error"] <= 100 and record["hierarchy_name"] == "case1"
+    assert record["test_error"] == pytest.approx(scored.scores["test_error"], abs=1e-4)
+    assert record["hierarchy_name"] == "case1"
     assert record["mistake_severity"] is None or record["mistake_severity"] >= 1
 
 
