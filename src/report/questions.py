@@ -194,7 +194,10 @@ def _level_header(measure: str) -> str:
     if measure.startswith("hierarchical_distance@"):
         return HEADERS.get(measure, "HD@" + measure.split("@", 1)[1])
     level = measure.split(".", 1)[1]
-    return "top-1 acc %" if level == "class" else f"{level} acc %"
+    if level == "class":
+        return "top-1 acc %"
+    # a tree level named superclass is the eval tree's (``hierarchy_name``), not the run's case (superclass_acc)
+    return f"{level} acc %" + (" (eval tree)" if f"{level} acc %" in HEADERS.values() else "")
 
 
 def help_footnote(r: dict) -> str:

@@ -153,3 +153,19 @@ def test_questions_without_any_row_are_left_out(tmp_path):
     write_run(sweep, "b", dataset="mnist", case="baseline", seed=0, test_error=1.0)
     _, groups, rows = _rows(sweep)
     assert [t.question for t in question_tables(rows, methods=False)] == ["Does it help?", "At what cost?"]
+
+
+def test_no_table_shows_a_header_twice_when_the_tree_has_a_superclass_level(tmp_path):
+    """superclass_acc (the run's case) and level_acc.superclass (the eval tree's level named superclass) are two
+    columns with two names; a case2 run shows why: its case's superclasses are not the eval tree's."""
+    sweep = tmp_path / "s"
+    for seed in range(2):
+        for case, level in (("case1", 99.0), ("case2", 90.0)):
+            write_run(sweep, f"{case}_{seed}", dataset="digits", method="hal", case=case, seed=seed, test_error=1.0,
+                      superclass_acc=98.0, level_acc={"class": 97.0, "superclass": level}, mistake_severity=1.5)
+    runs, groups, rows = _rows(sweep)
+    tables = question_tables(rows, methods_shown(groups))
+    for table in tables:
+        assert len(table.header) == len(set(table.header)), table.header
+    headers = {h for t in tables for h in t.header}
+    assert {"superclass acc %", "superclass acc % (eval tree)"} <= headers
