@@ -6,6 +6,7 @@ A thin driver over Optuna's ask-and-tell API (src/tuning/): each trial is a run 
 own dir, so resume, pruning and launchers stay this project's own (docs/tuning.md says why).
 """
 import logging
+import shlex
 import sys
 
 import hydra
@@ -25,7 +26,7 @@ def run(cfg: DictConfig) -> dict:
 
     settings = check_tune(cfg)
     if settings.confirm:
-        result = confirm(settings)
+        result = confirm(settings, "python -m src.tune " + shlex.join(HydraConfig.get().overrides.task))
         print(result["markdown"])
         log.info("confirmation: wrote %s, table.csv and %d study figures", result["out"] / "table.md",
                  len(result["figures"]))

@@ -18,6 +18,7 @@ from src.report.questions import HELP, HINT, MISTAKES, QUESTIONS, Table
 from src.report.runs import Run, natural
 
 UNFINISHED = "unfinished: still running, or killed (re-run the sweep to resume it)"
+COMMAND_FILE = "command.txt"   # the command of a dir that is no Hydra multirun (a confirmation writes it)
 # Which figures go under which question, by the figure file's kind (its name up to _<dataset>).
 FIGURES = {"deltas": HELP, "loss": HELP, "aux_scores": HINT, "tradeoff": MISTAKES, "probes": MISTAKES}
 FIGURE_CAPTIONS = {
@@ -135,11 +136,15 @@ def notes_html(lines: list[str]) -> str:
 
 
 def sweep_command(sweep: Path) -> str:
-    """``python -m src.train -m <overrides>`` from the sweep's ``multirun.yaml``; empty if it has none."""
+    """``python -m src.train -m <overrides>`` from the sweep's ``multirun.yaml``; else the command a dir that is no
+    multirun recorded in ``COMMAND_FILE`` (a confirmation, ``src.tuning.confirm``); empty if it has neither."""
     try:
         task = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return ""
+        try:
+            return (sweep / COMMAND_FILE).read_text().strip()
+        except OSError:
+            return ""
     return "python -m src.train -m " + " ".join(str(t) for t in task or [])
 
 

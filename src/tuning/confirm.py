@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from src.run.errors import ConfigError
 from src.run.lock import run_lock
 from src.run.records import read_record, write_atomic
+from src.report.page import COMMAND_FILE
 from src.report.tables import report, write_csv
 from src.run.signals import stop_on_signal
 from src.train import train
@@ -64,10 +65,14 @@ def tuned_cell(study: optuna.Study) -> str:
             f"best val {study.best_value:.2f} %: {values}")
 
 
-def confirm(tune: DictConfig) -> dict:
-    """Train every arm's best trial on the confirmation seeds, then write the table and the figures."""
+def confirm(tune: DictConfig, command: str = "") -> dict:
+    """Train every arm's best trial on the confirmation seeds, then write the table and the figures; ``command``
+    (the confirmation's own) goes to its report page, which has no multirun.yaml to read it from."""
     tune_dir, out = Path(tune.dir), Path(tune.dir) / "confirm"
     found = studies(tune_dir, tune.storage)
+    if command:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / COMMAND_FILE, lambda f: f.write(command + "\n"))
     arm_of = {}
     for arm, study in found.items():
         base = OmegaConf.load(tune_dir / arm / CONFIG)

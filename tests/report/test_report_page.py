@@ -96,3 +96,19 @@ def test_a_methods_digits_sized_sweeps_page_renders_every_figure_and_table_offli
     check_rendered(report, chromium.render(sweep / "report.html"))
     for line in report["md"].splitlines():
         assert not line.startswith("|") or line.count(" | ") + 1 <= 10, line
+
+
+def test_a_confirmations_grey_box_shows_its_own_command(tmp_path):
+    """A confirmation (``src.tune ... tune.confirm=true``) is no Hydra multirun: it records its command in
+    ``command.txt``, and the grey box shows it instead of "not recorded"."""
+    import html
+
+    from src.report.page import COMMAND_FILE, sweep_lines
+    from src.report.runs import load_runs
+
+    sweep = methods_digits_sweep(tmp_path / "confirm", arms={"baseline", "hal_case1"}, seeds=range(2), curves=False)
+    (sweep / "multirun.yaml").unlink()
+    command = "python -m src.tune experiment=tune_digits 'tune.dir=/a b' tune.confirm=true"
+    (sweep / COMMAND_FILE).write_text(command + "\n")
+    runs = load_runs([sweep])
+    assert f"command <code>{html.escape(command)}</code>;" in "".join(sweep_lines([sweep], runs))

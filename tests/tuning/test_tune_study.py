@@ -207,7 +207,9 @@ def test_the_confirmation_trains_each_best_trial_and_adds_the_tuned_column(tmp_p
             study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": value}, distributions={"optimizer.lr": lr},
                                                       value=error))
         (tmp_path / arm / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    result = confirm(cfg.tune)
+    command = f"python -m src.tune experiment=tune_digits tune.dir={tmp_path} tune.confirm=true"
+    result = confirm(cfg.tune, command)
+    assert f"command <code>{command}</code>;" in (tmp_path / "confirm" / "report.html").read_text()
     runs = sorted(p.name for p in (tmp_path / "confirm").glob("arm=*"))
     assert runs == ["arm=baseline,seed=100", "arm=baseline,seed=101", "arm=hal_case1,seed=100", "arm=hal_case1,seed=101"]
     for run in runs:
