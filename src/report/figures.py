@@ -93,15 +93,24 @@ def _wrapped(panels: int, columns: int, height: float, **kwargs):
     return fig, grid
 
 
+# The training loss (``train/loss``) is each method's own (src/models/<method>.py); validation and test losses are
+# the main head's cross-entropy for every method. The methods whose training loss is not plain cross-entropy:
+TRAIN_LOSSES = {"hxe": "HXE", "hal_hxe": "HXE", "soft_labels": "soft-label KL", "hal_soft_labels": "soft-label KL",
+                "haframe": "HAFrame CE + cosine", "dks": "CE + DKS synergy", "hal_dks": "CE + DKS synergy",
+                "heads": "CE + heads' CE", "hal_heads": "CE + heads' CE", "proxydr": "ProxyDR loss"}
+CROSS_ENTROPY = "cross-entropy"
+
+
 def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
-    """Figs 2/4/6: train and test loss per epoch, baseline against each case, mean ± std over seeds."""
+    """Figs 2/4/6: train and test loss per epoch, baseline against each case, mean ± std over seeds; each training
+    curve named by its method's loss (``TRAIN_LOSSES``)."""
     others = [c for c in sorted(cases, key=case_key) if c != "baseline"] or ["baseline"]
     histories = {c: [h for h in (read_history(r.dir) for r in g.finished) if h] for c, g in cases.items()}
     if not any(histories.values()):
         return None
     fig, grid = _wrapped(len(others), LOSS_COLUMNS, height=3.4, sharey=True)
     axes = grid.flatten()
-    eval_names = set()
+    eval_names, losses = set(), set()
     for ax, case in zip(axes, others):
         for name, color in [("baseline", "0.45")] + ([(case, "C0")] if case != "baseline" else []):
             if name not in histories:
@@ -109,7 +118,10 @@ def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
             runs = histories[name]
             eval_key, eval_name = ("curve/test_loss", "test") if curve_band(runs, "curve/test_loss") else \
                 ("val/loss", "validation")
-            for key, style, label in (("train/loss", "-", "train"), (eval_key, "--", eval_name)):
+            train_loss = TRAIN_LOSSES.get(cases[name].method, CROSS_ENTROPY)
+            losses.add(train_loss)
+            for key, style, label in (("train/loss", "-", f"train {train_loss}"),
+                                      (eval_key, "--", f"{eval_name} {CROSS_ENTROPY}")):
                 band = curve_band(runs, key)
                 if band is None:
                     continue
@@ -125,7 +137,8 @@ def loss_figure(dataset: str, depth, settings: str, cases: dict[str, Group]):
         ax.grid(alpha=0.3, which="both", lw=0.5)
         ax.legend(fontsize=7)
     for row in grid:
-        row[0].set_ylabel("cross-entropy loss (log scale)")
+        row[0].set_ylabel("training loss / cross-entropy (log scale)" if losses - {CROSS_ENTROPY} else
+                          "cross-entropy loss (log scale)")
     kind = "/".join(sorted(eval_names, reverse=True))
     fig.suptitle(f"Train{' and ' + kind if kind else ''} loss per epoch, mean ± std over seeds\n"
                  f"{_title(dataset, depth, settings, PAPER_FIGURES.get(dataset, ('', ''))[0])}", fontsize=10)

@@ -166,7 +166,9 @@ def test_figures_are_pngs_with_titles_labels_and_legends(tmp_path):
     assert [ax.get_title() for ax in fig.axes] == ["case1 vs baseline", "case4 vs baseline"]
     assert fig.axes[0].get_xlabel() == "epoch" and "loss" in fig.axes[0].get_ylabel()
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels == ["baseline train (n=2)", "baseline test (n=2)", "case1 train (n=2)", "case1 test (n=2)"]
+    assert labels == ["baseline train cross-entropy (n=2)", "baseline test cross-entropy (n=2)",
+                      "case1 train cross-entropy (n=2)", "case1 test cross-entropy (n=2)"]
+    assert fig.axes[0].get_ylabel() == "cross-entropy loss (log scale)"
     assert "Train and test loss" in fig._suptitle.get_text() and "Fig. 2" in fig._suptitle.get_text()
     mean_test = fig.axes[0].get_lines()[3].get_ydata()
     assert np.allclose(mean_test, [2.1, 1.2, 1.2])  # mean over the two seeds, epoch by epoch
@@ -180,7 +182,25 @@ def test_loss_figure_falls_back_to_validation_loss(tmp_path):
     groups = {g.case: g for g in group_runs(load_runs([sweep]))}
     fig = loss_figure("digits", 10, "", groups)
     assert "validation loss" in fig._suptitle.get_text()
-    assert "case1 validation (n=1)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "case1 validation cross-entropy (n=1)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+@pytest.mark.parametrize("method, name", [("hxe", "HXE"), ("soft_labels", "soft-label KL"),
+                                          ("haframe", "HAFrame CE + cosine")])
+def test_loss_figure_names_each_methods_training_loss(tmp_path, method, name):
+    """HXE, soft labels and HAFrame train on their own losses (scales 1/13 and 1/K of CE's): their train curves say
+    which, and the axis no longer says cross-entropy; validation and test stay the main head's cross-entropy."""
+    sweep = tmp_path / "s"
+    write_run(sweep, "baseline", dataset="digits", case="baseline", seed=0, test_error=1.0,
+              history=_history([2.0, 1.0], [2.5, 1.5], key="val/loss"))
+    write_run(sweep, method, dataset="digits", case="case1", method=method, seed=0, test_error=1.0,
+              history=_history([0.2, 0.1], [2.5, 1.5], key="val/loss"))
+    groups = {g.label: g for g in group_runs(load_runs([sweep]))}
+    fig = loss_figure("digits", 10, "", groups)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert f"{method} case1 train {name} (n=1)" in labels and "baseline train cross-entropy (n=1)" in labels
+    assert f"{method} case1 validation cross-entropy (n=1)" in labels
+    assert fig.axes[0].get_ylabel() == "training loss / cross-entropy (log scale)"
 
 
 @pytest.mark.parametrize("make, message", [
