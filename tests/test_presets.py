@@ -69,3 +69,16 @@ def test_debug_overfit_drives_the_training_loss_down(run_train, tmp_path):
     assert len(rows) == 30 and record["status"] == "debug"
     # Two batches seen 30 times: the loss ends far below a uniform guess's ln(10) = 2.30 and its first epoch.
     assert float(rows[-1]["train/loss"]) < min(0.1 * float(rows[0]["train/loss"]), 0.2)
+
+
+@pytest.mark.parametrize("dataset, preset", [("aircraft", "methods_aircraft"), ("tiered_imagenet", "methods_tiered_imagenet"),
+                                             ("inat19", "methods_inat19"), ("inat21_mini", "methods_inat21_mini")])
+def test_a_field_data_set_chosen_on_its_own_gets_its_presets_optimiser(dataset, preset):
+    """``dataset=aircraft case=family model=resnet18`` trains with aircraft's recipe, not the paper's LR 1.0 plain
+    SGD meant for CIFAR ResNets (conf/recipe/, Hydra's specializing config); the command line still wins."""
+    alone = compose_cfg([f"dataset={dataset}", "model=resnet18"])
+    field = compose_cfg([f"experiment={preset}"])
+    assert alone.optimizer == field.optimizer and alone.lr_min == field.lr_min
+    assert compose_cfg([f"dataset={dataset}", "optimizer.lr=0.5"]).optimizer.lr == 0.5
+    paper = compose_cfg(["dataset=cifar10"])
+    assert (paper.optimizer.lr, paper.optimizer.momentum) == (1.0, 0.0)  # the paper's data sets keep the paper's
