@@ -71,7 +71,8 @@ def test_debug_overfit_drives_the_training_loss_down(run_train, tmp_path):
     assert float(rows[-1]["train/loss"]) < min(0.1 * float(rows[0]["train/loss"]), 0.2)
 
 
-@pytest.mark.parametrize("dataset, preset", [("aircraft", "methods_aircraft"), ("tiered_imagenet", "methods_tiered_imagenet"),
+@pytest.mark.parametrize("dataset, preset", [("aircraft", "methods_aircraft"),
+                                             ("tiered_imagenet", "methods_tiered_imagenet"),
                                              ("inat19", "methods_inat19"), ("inat21_mini", "methods_inat21_mini")])
 def test_a_field_data_set_chosen_on_its_own_gets_its_presets_optimiser(dataset, preset):
     """``dataset=aircraft case=family model=resnet18`` trains with aircraft's recipe, not the paper's LR 1.0 plain
