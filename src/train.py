@@ -106,8 +106,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     datamodule, module, run_callbacks = build(cfg, run_dir)
     record = {"dataset": cfg.dataset.name, "case": cfg.case.name, "method": module.method.name,
               "position": module.net.position, "depth": cfg.model.get("depth"), "seed": cfg.seed,
-              "superclasses": datamodule.superclasses, "epochs": cfg.trainer.max_epochs,
-              "lr": module.optimizer.keywords["lr"], "status": "running",
+              "superclasses": datamodule.superclasses, "epochs": cfg.trainer.max_epochs, "status": "running",
               "git_commit": git_commit(), "threads": torch.get_num_threads(), "machine": machine()}
     write_json(run_dir / "metrics.json", record)
 

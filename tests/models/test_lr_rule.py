@@ -1,0 +1,47 @@
+"""lr_rule: the methods_* presets train each method at the shared LR times its loss's scale (docs/methods.md)."""
+import pytest
+
+from helpers import FAST, compose_cfg
+from src.data.superclasses import dataset_cases
+from src.run.errors import ConfigError
+from src.train import build, make_datamodule
+
+PRESETS = ["methods_digits", "methods_mnist", "methods_svhn", "methods_cifar10", "methods_cifar100"]
+
+
+def _lrs(tmp_path, *overrides) -> tuple[float, float]:
+    cfg = compose_cfg([*FAST, *overrides])
+    _, module, _ = build(cfg, tmp_path / "run")
+    return module.optimizer.keywords["lr"], module.hparams.lr_min
+
+
+def _case1_nodes() -> int:
+    """The root, case1's superclasses and the classes, counted from case1's table."""
+    datamodule = make_datamodule(compose_cfg(["dataset=digits"]).dataset)
+    table = dataset_cases("digits", datamodule.class_names, datamodule.tree)["case1"].table
+    return 1 + len(set(table)) + len(table)
+
+
+@pytest.mark.parametrize("method, scale", [("hxe", "nodes"), ("hal_hxe", "nodes"), ("soft_labels", "K"),
+                                           ("hal_soft_labels", "K"), ("hal", 1), ("heads", 1), ("haframe", 1)])
+def test_loss_scale_multiplies_the_shared_lr_and_lr_min(tmp_path, method, scale):
+    factor = {"nodes": _case1_nodes(), "K": 10}.get(scale, scale)
+    assert _lrs(tmp_path, f"method={method}", "case=case1", "optimizer.lr=0.5", "lr_min=0.01",
+                "lr_rule=loss_scale") == (0.5 * factor, 0.01 * factor)
+    assert _lrs(tmp_path, f"method={method}", "case=case1", "optimizer.lr=0.5", "lr_min=0.01") == (0.5, 0.01)
+
+
+def test_soft_labels_with_batchmean_are_at_cross_entropys_scale(tmp_path):
+    assert _lrs(tmp_path, "method=soft_labels", "case=case1", "method.reduction=batchmean",
+                "lr_rule=loss_scale")[0] == 1.0
+
+
+def test_an_unknown_lr_rule_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="lr_rule must be one of"):
+        _lrs(tmp_path, "lr_rule=scaled")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_untuned_comparison_presets_use_the_rule(preset):
+    assert compose_cfg([f"experiment={preset}"]).lr_rule == "loss_scale"
+    assert compose_cfg([]).lr_rule == "shared"   # tuning and single runs: the LR as given
