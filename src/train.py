@@ -63,7 +63,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     factor = lr_factor(cfg.get("lr_rule", "shared"), method)   # after method.tree: the scale may read it
     module = HALModule(net, instantiate(cfg.optimizer, lr=cfg.optimizer.lr * factor), method, num_classes=k, tree=tree,
                        level=level, lr_min=cfg.lr_min * factor, channels_last=cfg.channels_last, compile=cfg.compile,
-                       divergence_factor=cfg.divergence_factor)
+                       divergence_factor=cfg.divergence_factor, lr_factor=factor)
     run_dir = Path(run_dir)
     protocols = TestProtocols(run_dir, case, hierarchy, names, masked=masked_tables(case, cases, net.auxiliary is not None),
                               **evaluation)

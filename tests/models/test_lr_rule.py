@@ -1,5 +1,7 @@
 """lr_rule: the methods_* presets train each method at the shared LR times its loss's scale (docs/methods.md)."""
 import pytest
+import pytorch_lightning as pl
+import torch
 
 from helpers import FAST, compose_cfg
 from src.data.superclasses import dataset_cases
@@ -45,3 +47,18 @@ def test_an_unknown_lr_rule_is_one_line(tmp_path):
 def test_the_untuned_comparison_presets_use_the_rule(preset):
     assert compose_cfg([f"experiment={preset}"]).lr_rule == "loss_scale"
     assert compose_cfg([]).lr_rule == "shared"   # tuning and single runs: the LR as given
+
+
+@pytest.mark.parametrize("rule, factor", [("shared", 1), ("loss_scale", "nodes")])
+def test_the_clipping_threshold_is_divided_by_the_factor(tmp_path, rule, factor):
+    """LR·N with the threshold c/N gives the clipped step of N·loss at the shared LR: LR·N·clip(g, c/N) = LR·clip(N·g, c)."""
+    factor = _case1_nodes() if factor == "nodes" else factor
+    _, module, _ = build(compose_cfg([*FAST, "method=hxe", "case=case1", f"lr_rule={rule}"]), tmp_path / "run")
+    module.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.ones_like(p)   # norm √(number of weights), far above 1
+    module.configure_gradient_clipping(torch.optim.SGD(params, lr=1.0), gradient_clip_val=1.0,
+                                       gradient_clip_algorithm="norm")
+    norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params]))
+    assert norm.item() == pytest.approx(1 / factor, rel=1e-4)
