@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Optional
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import GradClipAlgorithmType
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -184,9 +185,12 @@ class HALModule(pl.LightningModule):
         return {"params_train": total, "params_inference": total - sum(p.numel() for p in self.net.taps.parameters())}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if gradient_clip_val is not None:
-            gradient_clip_val = gradient_clip_val / self.hparams.lr_factor
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+        if gradient_clip_val is None or self.hparams.lr_factor == 1:
+            self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+            return
+        # clip_gradients refuses a threshold other than the Trainer's; the precision plugin under it takes any
+        self.trainer.precision_plugin.clip_gradients(optimizer, gradient_clip_val / self.hparams.lr_factor,
+                                                     GradClipAlgorithmType(gradient_clip_algorithm or "norm"))
 
     def configure_optimizers(self):
         optimizer = self.optimizer(params=self.parameters())

@@ -1,4 +1,6 @@
 """lr_rule: the methods_* presets train each method at the shared LR times its loss's scale (docs/methods.md)."""
+import csv
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -54,7 +56,7 @@ def test_the_clipping_threshold_is_divided_by_the_factor(tmp_path, rule, factor)
     """LR·N with the threshold c/N gives the clipped step of N·loss at the shared LR: LR·N·clip(g, c/N) = LR·clip(N·g, c)."""
     factor = _case1_nodes() if factor == "nodes" else factor
     _, module, _ = build(compose_cfg([*FAST, "method=hxe", "case=case1", f"lr_rule={rule}"]), tmp_path / "run")
-    module.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    module.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, gradient_clip_val=1.0)
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.ones_like(p)   # norm √(number of weights), far above 1
@@ -62,3 +64,9 @@ def test_the_clipping_threshold_is_divided_by_the_factor(tmp_path, rule, factor)
                                        gradient_clip_algorithm="norm")
     norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params]))
     assert norm.item() == pytest.approx(1 / factor, rel=1e-4)
+
+
+def test_a_run_under_the_rule_trains_at_the_scaled_lr_with_the_trainers_clipping(run_train, tmp_path):
+    record = run_train("method=hal_hxe", "case=case1", "lr_rule=loss_scale", "dataset.batch_size=256")
+    first = next(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert record["status"] == "finished" and float(first["lr-SGD"]) == _case1_nodes()
