@@ -6,7 +6,9 @@ import pytorch_lightning as pl
 import torch
 
 from helpers import FAST, compose_cfg
-from src.data.superclasses import dataset_cases
+from src.data.superclasses import cifar100_tree, dataset_cases
+from src.models.hxe import HXE
+from src.models.soft_labels import SoftLabels
 from src.run.errors import ConfigError
 from src.train import build, make_datamodule
 
@@ -70,3 +72,11 @@ def test_a_run_under_the_rule_trains_at_the_scaled_lr_with_the_trainers_clipping
     record = run_train("method=hal_hxe", "case=case1", "lr_rule=loss_scale", "dataset.batch_size=256")
     first = next(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert record["status"] == "finished" and float(first["lr-SGD"]) == _case1_nodes()
+
+
+def test_on_cifar100s_five_level_tree_hxe_counts_every_node_and_soft_labels_k():
+    tree = cifar100_tree([f"c{i}" for i in range(100)])
+    hxe, soft = HXE(), SoftLabels()
+    hxe.tree = soft.tree = tree
+    # root, then levels 1, 2, 3 (2, 4, 8 groups), the 20 coarse superclasses and the 100 classes
+    assert (hxe.loss_scale(), soft.loss_scale()) == (1 + 2 + 4 + 8 + 20 + 100, 100)
