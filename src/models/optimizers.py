@@ -20,7 +20,8 @@ LR_RULES = ("shared", "loss_scale")
 
 
 def lr_factor(rule: str, method) -> float:
-    """The factor ``rule`` applies to ``optimizer.lr`` and ``lr_min`` for ``method`` (its tree already set)."""
+    """The factor ``rule`` multiplies ``optimizer.lr`` and ``lr_min`` by, and divides the clipping threshold by
+    (``HALModule``), for ``method`` (its tree already set)."""
     if rule not in LR_RULES:
         raise ConfigError(f"lr_rule must be one of {list(LR_RULES)}, got {rule!r}")
     return method.loss_scale() if rule == "loss_scale" else 1.0
