@@ -22,6 +22,7 @@ from src.run import launch
 from src.evaluation.protocols import evaluation_options, masked_tables
 from src.evaluation.flops import TrainingFlops
 from src.models.module import HALModule
+from src.models.optimizers import lr_factor
 from src.evaluation.probes import StageProbes
 from src.run.records import git_commit, machine, write_json
 from src.run.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
@@ -59,9 +60,10 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     method.tree = None if case is None else case.tree
     method.attach(net, k, num_superclasses)
     tree, level = (None, None) if case is None else (case.tree, case.level)
-    module = HALModule(net, instantiate(cfg.optimizer), method, num_classes=k, tree=tree, level=level,
-                       lr_min=cfg.lr_min, channels_last=cfg.channels_last, compile=cfg.compile,
-                       divergence_factor=cfg.divergence_factor)
+    factor = lr_factor(cfg.get("lr_rule", "shared"), method)   # after method.tree: the scale may read it
+    module = HALModule(net, instantiate(cfg.optimizer, lr=cfg.optimizer.lr * factor), method, num_classes=k, tree=tree,
+                       level=level, lr_min=cfg.lr_min * factor, channels_last=cfg.channels_last, compile=cfg.compile,
+                       divergence_factor=cfg.divergence_factor, lr_factor=factor)
     run_dir = Path(run_dir)
     protocols = TestProtocols(run_dir, case, hierarchy, names, masked=masked_tables(case, cases, net.auxiliary is not None),
                               **evaluation)

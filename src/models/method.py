@@ -51,3 +51,8 @@ class Method:
 
     def loss(self, output: NetOutput, label: torch.Tensor, superclass: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output.logits, label)
+
+    def loss_scale(self) -> float:
+        """How many times smaller than cross-entropy's this method's loss is, as its official code computes it
+        (1: the same scale). ``lr_rule=loss_scale`` multiplies the shared learning rate by it (docs/methods.md)."""
+        return 1.0

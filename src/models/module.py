@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Optional
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import GradClipAlgorithmType
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,14 +41,18 @@ class HALModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         divergence_factor: float = 10.0,
+        lr_factor: float = 1.0,
     ) -> None:
         """``tree`` (a ``src.data.tree.ClassTree``, None for the baseline) and its ``level`` fed to the block as x*:
-        the superclass of each class. The tree is resolved once in ``build()`` and handed down."""
+        the superclass of each class. The tree is resolved once in ``build()`` and handed down.
+
+        ``lr_factor``: what ``build()`` multiplied the LR by (``lr_rule``); the gradient-clipping threshold is divided
+        by it, so that a clipped step, LR·clip(g), is that of the loss multiplied by the factor at the shared LR."""
         super().__init__()
         num_superclasses = 0 if tree is None else max(tree.table(level)) + 1
         self.save_hyperparameters({"num_classes": num_classes, "num_superclasses": num_superclasses, "lr_min": lr_min,
                                    "channels_last": channels_last, "compile": compile,
-                                   "divergence_factor": divergence_factor})
+                                   "divergence_factor": divergence_factor, "lr_factor": lr_factor})
         self.tree, self.level = tree, level
         self.net = net
         self.optimizer = optimizer
@@ -178,6 +183,14 @@ class HALModule(pl.LightningModule):
         """Parameters trained, and those left at inference (the method's extra heads dropped)."""
         total = sum(p.numel() for p in self.net.parameters())
         return {"params_train": total, "params_inference": total - sum(p.numel() for p in self.net.taps.parameters())}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val is None or self.hparams.lr_factor == 1:
+            self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+            return
+        # clip_gradients refuses a threshold other than the Trainer's; the precision plugin under it takes any
+        self.trainer.precision_plugin.clip_gradients(optimizer, gradient_clip_val / self.hparams.lr_factor,
+                                                     GradClipAlgorithmType(gradient_clip_algorithm or "norm"))
 
     def configure_optimizers(self):
         optimizer = self.optimizer(params=self.parameters())

@@ -67,6 +67,10 @@ class SoftLabels(Method):
             self._soft_labels[key] = torch.as_tensor(s, dtype=torch.float32).to(key[0], key[1])
         return soft_label_loss(output.logits, label, self._soft_labels[key], self.reduction)
 
+    def loss_scale(self) -> float:
+        """K with ``reduction: mean`` (the loss is the KL divergence over K), else 1."""
+        return float(self.tree.num_classes) if self.reduction == "mean" else 1.0
+
 
 class HALSoftLabels(SoftLabels):
     """Soft labels with HAL's auxiliary block on the main path (fed the case's superclass, as ``method=hal``)."""

@@ -200,9 +200,19 @@ def _level_header(measure: str) -> str:
     return f"{level} acc %" + (" (eval tree)" if f"{level} acc %" in HEADERS.values() else "")
 
 
+UNTUNED = "one recipe per arm, not tuned: the verdict may reflect the recipe"
+
+
+def untuned_footnote(r: dict) -> str:
+    """``UNTUNED`` for a row with a verdict whose runs are not all a tuned confirmation's (``tuned.yaml`` beside
+    each, ``src.tuning.confirm``): the methods_* presets train every arm with one recipe, chosen, not searched."""
+    verdict = r.get("verdict") or r.get("fair_verdict")
+    return UNTUNED if verdict and r.get("tuned_runs", 0) < r["n"] else ""
+
+
 def help_footnote(r: dict) -> str:
     parts = [delta_footnote(r, "Δ", "delta_vs_baseline", "delta", ""),
-             delta_footnote(r, "fair Δ", "fair_delta", "fair_delta", "fair_")]
+             delta_footnote(r, "fair Δ", "fair_delta", "fair_delta", "fair_"), untuned_footnote(r)]
     return "; ".join(p for p in parts if p)
 
 

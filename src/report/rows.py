@@ -151,6 +151,7 @@ def table_rows(groups: list[Group], alpha: float = ALPHA) -> list[dict]:
         failed = sum(r.status == "failed" for r in g.runs)
         unfinished = sum(not r.finished and r.status != "failed" for r in g.runs)
         row.update(failed=failed, unfinished=unfinished, flags="; ".join(_flags(seeds, epochs, failed, unfinished, whys)))
+        row["tuned_runs"] = sum(r.tuned for r in g.finished)   # with a tuned record (src.report.questions)
         rows.append(row)
         compared.append((delta, fair))
     add_verdicts(rows, compared, alpha)

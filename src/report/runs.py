@@ -80,6 +80,11 @@ class Run:
         return random_case(of) if of not in (None, "null") else case
 
     @property
+    def tuned(self) -> bool:
+        """Trained with a study's best values: the confirmation (``src.tuning.confirm``) writes ``tuned.yaml`` beside it."""
+        return (self.dir / "tuned.yaml").exists()
+
+    @property
     def measures(self) -> dict[str, float]:
         if self._measures is None:
             self._measures = measures(self.record)

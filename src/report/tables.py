@@ -77,6 +77,9 @@ def recipe_note(runs: list[Run]) -> str:
         parts.append(f"gradient clipping `trainer.gradient_clip_val={' / '.join(clips)}` (the paper has none)")
     if optimizers:
         parts.append(f"optimiser `{' / '.join(optimizers)}` (the paper names none)")
+    if any(c.get("lr_rule") == "loss_scale" for c in configs):   # docs/methods.md, "One recipe per arm"
+        parts.append("`lr_rule=loss_scale`: a method whose loss is N times smaller than cross-entropy's (HXE, soft "
+                     "labels) trains at N times that LR, with the clipping threshold over N")
     return f"Recipe beyond the paper (docs/configuration.md, \"Choices the paper leaves open\"): {'; '.join(parts)}." if parts else ""
 
 

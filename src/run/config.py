@@ -257,6 +257,7 @@ class Config:
     eval: Any = None
     divergence_factor: float = 10.0
     lr_min: float = 0.0
+    lr_rule: str = "shared"  # shared | loss_scale (src/models/optimizers.py)
     channels_last: bool = True
     compile: bool = False
     progress_refresh_rate: int = 10

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from helpers import PNG, write_run
+from src.report.questions import UNTUNED
 from src.report.figures import loss_figure
 from src.report.tables import group_runs, load_runs, main, table_rows
 
@@ -53,7 +54,7 @@ def test_table_has_mean_sample_std_change_vs_baseline_paper_values_and_flags(mni
     delta = f"−0.50 [{ci.low:+.2f}, {ci.high:+.2f}] ✓ better".replace("-", "−")  # p, Holm, test: a footnote line
     assert (f"| mnist | 10 | case1 | 0.50 ± 0.10 (n=3) | {delta} | 0.43 ± 0.03 | −0.50 | n<5; 1 failed; "
             "1 unfinished |") in md  # no block run has a masked error: no fair Δ column
-    assert f"- mnist 10 case1: Δ p={welch.pvalue:.3g}, Holm {welch.pvalue:.3g}, welch\n" in md
+    assert f"- mnist 10 case1: Δ p={welch.pvalue:.3g}, Holm {welch.pvalue:.3g}, welch; {UNTUNED}\n" in md
     assert "| mnist | 10 | baseline | 1.00 ± 0.16 (n=5) |  | 0.93 |  |  |" in md
     assert "## Without the hint?\n\n| dataset | depth | case | inferred % |\n|---|---|---|---|\n" \
            "| mnist | 10 | case1 | 0.80 ± 0.10 |\n\n" in md  # the baseline has no inferred error: no row
