@@ -72,8 +72,10 @@ def load_weights(checkpoint: Path) -> dict:
     try:
         weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as e:  # UnpicklingError for a forbidden global; anything else for a damaged file
-        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \d+|[^\n]+", str(e))
-        why = found.group(1) or found.group(0) if found else type(e).__name__
+        # torch's message is a page: keep the global it refused, or its WeightsUnpickler line, or its first line
+        text = str(e)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        why = found.group(1) if found else (text.strip().splitlines() or [type(e).__name__])[0]
         raise EvalError(f"{checkpoint} is not a plain checkpoint ({why}): src.eval loads only tensors, numbers, "
                         "strings, lists and dicts") from None
     return weights
