@@ -26,9 +26,9 @@ lock:  ## Regenerate constraints.txt: the newest versions pyproject.toml allows,
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	$(LOCK_VENV)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider $(ARGS)
-	{ echo "# The exact versions of a venv whose fast tests passed (make venv and CI install with them)."; \
-	  echo "# Regenerate with: make lock  (Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version(), platform.machine())'))"; \
-	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt.tmp
+	echo "# The exact versions of a venv whose fast tests passed (make venv and CI install with them); make lock regenerates it." > constraints.txt.tmp
+	$(LOCK_VENV)/bin/python -c "import platform; print('# Python', platform.python_version(), platform.machine())" >> constraints.txt.tmp
+	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' >> constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt
 	rm -rf $(LOCK_VENV)
 
