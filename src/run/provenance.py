@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -54,7 +53,8 @@ def code_state(source: Optional[Path] = None) -> tuple[Optional[str], Optional[b
     source = Path(source or SOURCE)
     top = _git("rev-parse", "--show-toplevel", cwd=source)
     commit = _git("rev-parse", "HEAD", cwd=source)
-    if top is None or commit is None:
+    # An install copied into an ignored dir of some repository (a venv inside a clone) is not that repository's code.
+    if top is None or commit is None or _git("check-ignore", "-q", str(source), cwd=source) is not None:
         return None, None
     top = Path(top.strip())
     index = _git("rev-parse", "--git-path", "index", cwd=top)

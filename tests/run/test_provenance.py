@@ -77,6 +77,14 @@ def test_without_git_the_fields_are_null(tmp_path, monkeypatch):
     assert not (tmp_path / prov.PATCH).exists()
 
 
+def test_code_in_an_ignored_dir_of_a_repository_is_not_that_repositorys(repo, monkeypatch, tmp_path):
+    """A non-editable install in a venv inside a clone: the clone's commit is not the installed code's."""
+    installed = repo / "outputs" / "site-packages" / "pkg"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(prov, "SOURCE", installed)
+    assert prov.code_state() == (None, None)
+
+
 def test_versions_are_read_not_guessed():
     found = prov.versions()
     assert found["torch"] == metadata.version("torch") and found["numpy"] == metadata.version("numpy")
