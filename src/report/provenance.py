@@ -14,7 +14,8 @@ from src.report.rows import baseline_of, baselines
 from src.report.runs import Group, Run, natural
 
 FLAG = "mixed provenance"
-SEPARATOR = " | "  # between the footnote's lines in table.csv's ``provenance`` column
+COLUMN = "ran_under"  # table.csv's column of the footnote's lines
+SEPARATOR = " | "  # between them there
 
 
 def _versions(record: dict) -> dict:
@@ -85,7 +86,7 @@ def lines(members: list[tuple[Group, Run]]) -> list[str]:
 
 
 def add_provenance(groups: list[Group], rows: list[dict]) -> None:
-    """``provenance`` in every row (``table_rows``' rows, one per group, in order): the footnote's lines joined by
+    """``COLUMN`` in every row (``table_rows``' rows, one per group, in order): the footnote's lines joined by
     ``SEPARATOR`` when the row's runs and its baseline's differ in provenance, else empty; ``FLAG`` in its flags."""
     found = baselines(groups)
     for g, row in zip(groups, rows):
@@ -94,7 +95,7 @@ def add_provenance(groups: list[Group], rows: list[dict]) -> None:
         if base is not None and base is not g:
             members = [(base, r) for r in base.finished] + members
         mixed = lines(members)
-        row["provenance"] = SEPARATOR.join(mixed)
+        row[COLUMN] = SEPARATOR.join(mixed)
         if mixed:
             row["flags"] = "; ".join(f for f in (row["flags"], FLAG) if f)
 
@@ -102,15 +103,15 @@ def add_provenance(groups: list[Group], rows: list[dict]) -> None:
 def footnote(r: dict) -> str:
     """The row's provenance footnote: a lead-in, then one ``\\n  - `` line per set of runs (a nested list in
     Markdown; ``src.report.page`` renders it as one in HTML)."""
-    if not r.get("provenance"):
+    if not r.get(COLUMN):
         return ""
     return (f"{FLAG}, what ran under what:" +
-            "".join(f"\n  - {line}" for line in r["provenance"].split(SEPARATOR)))
+            "".join(f"\n  - {line}" for line in r[COLUMN].split(SEPARATOR)))
 
 
 def refuse_mixed(rows: list[dict]) -> Optional[str]:
     """``--strict``: the one-line reason to refuse the report, or None when no row mixes provenance."""
-    mixed = [r for r in rows if r.get("provenance")]
+    mixed = [r for r in rows if r.get(COLUMN)]
     if not mixed:
         return None
     names = ", ".join(f"{r['dataset']} {r['depth']} {r['method']} {r['case']}" for r in mixed)

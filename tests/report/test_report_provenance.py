@@ -40,7 +40,7 @@ def test_one_uniform_sweep_has_no_mark_and_passes_strict(tmp_path, capsys):
     sweep = _sweep(tmp_path / "sweep")
     assert main([str(sweep), "--strict"]) == 0
     assert FLAG not in (sweep / "table.md").read_text() and FLAG not in (sweep / "report.html").read_text()
-    assert all(r["provenance"] == "" for r in _rows(sweep).values())
+    assert all(r["ran_under"] == "" for r in _rows(sweep).values())
 
 
 @pytest.mark.parametrize("rerun, what", [
@@ -55,11 +55,11 @@ def test_one_seed_rerun_under_other_code_marks_the_row_in_table_md_and_report_ht
     sweep = _sweep(tmp_path / "sweep", rerun)
     assert main([str(sweep)]) == 0
     rows = _rows(sweep)
-    assert FLAG not in rows["baseline"]["flags"] and rows["baseline"]["provenance"] == ""
+    assert FLAG not in rows["baseline"]["flags"] and rows["baseline"]["ran_under"] == ""
     assert FLAG in rows["case1"]["flags"]
     # One line per set of runs that ran alike, naming only what differs: the 5 runs of one kind, then seed 2.
     lines = [f"baseline seeds 0 1 2, case1 seeds 0 1: {what[0]}", f"case1 seed 2: {what[1]}"]
-    assert rows["case1"]["provenance"].split(" | ") == lines
+    assert rows["case1"]["ran_under"].split(" | ") == lines
     md = (sweep / "table.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| mnist | 10 | case1 |"))
     assert FLAG in row
@@ -83,7 +83,7 @@ def test_a_record_older_than_provenance_beside_a_new_one_is_mixed(tmp_path, caps
     sweep = _sweep(tmp_path / "sweep")
     write_run(sweep, "case=case1,seed=3", dataset="mnist", case="case1", seed=3, test_error=0.5, git_commit=COMMIT)
     assert main([str(sweep)]) == 0
-    assert "case1 seed 3: torch not recorded" in _rows(sweep)["case1"]["provenance"]
+    assert "case1 seed 3: torch not recorded" in _rows(sweep)["case1"]["ran_under"]
 
 
 @pytest.mark.slow  # five training runs: about 30 s under load
@@ -119,7 +119,7 @@ def test_a_real_sweep_with_one_seed_rerun_after_an_edit_is_marked(tmp_path, monk
     line = next(line for line in (sweep / "table.md").read_text().splitlines() if line.startswith("| digits |")
                 and "| case1 |" in line)
     assert FLAG in line and FLAG in (sweep / "report.html").read_text()
-    assert "case1 seed 1: commit " in _rows(sweep)["case1"]["provenance"]
+    assert "case1 seed 1: commit " in _rows(sweep)["case1"]["ran_under"]
     capsys.readouterr()
     assert main([str(sweep), "--strict"]) == 1
     assert "1 row mixes provenance" in capsys.readouterr().err
