@@ -49,17 +49,21 @@ FIELDS = {
 }
 
 
-def key(run: Run) -> tuple:
-    return tuple(read(run.record) for read in FIELDS.values())
+NOT_RECORDED = "not recorded"
 
 
-def _recorded(run: Run, name: str) -> bool:
-    """Whether the run's record has the field at all (null is recorded: no CUDA; absent is not)."""
+def _recorded(record: dict, name: str) -> bool:
+    """Whether the record has the field at all (null is recorded: no CUDA, no git; absent is not)."""
     if name == "commit":
-        return "git_commit" in run.record
+        return "git_commit" in record
     if name in ("CPU", "GPU"):
-        return name.lower() in run.record
-    return "versions" in run.record
+        return name.lower() in record
+    return "versions" in record
+
+
+def key(run: Run) -> tuple:
+    """What the run ran under, field by field of ``FIELDS``: a value, None (null), or ``NOT_RECORDED``."""
+    return tuple(read(run.record) if _recorded(run.record, name) else NOT_RECORDED for name, read in FIELDS.items())
 
 
 def lines(members: list[tuple[Group, Run]]) -> list[str]:
@@ -79,8 +83,7 @@ def lines(members: list[tuple[Group, Run]]) -> list[str]:
             seeds.setdefault(group.label, []).append(run.seed)
         who = ", ".join(f"{label} seed{'s' if len(s) > 1 else ''} {' '.join(str(x) for x in sorted(s, key=natural))}"
                         for label, s in seeds.items())
-        what = ", ".join(f"{names[i]} {k[i] if k[i] is not None else 'null' if _recorded(runs[0][1], names[i]) else 'not recorded'}"
-                         for i in differing)
+        what = ", ".join(f"{names[i]} {'none' if k[i] is None else k[i]}" for i in differing)
         out.append(f"{who}: {what}")
     return out
 
