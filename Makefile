@@ -1,21 +1,36 @@
 # Every target creates (or reuses) the virtual env in .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The exact versions CI tested (`make lock` regenerates it); `make venv CONSTRAINTS=` resolves the ranges afresh.
+CONSTRAINTS ?= constraints.txt
+LOCK_VENV ?= .venv-lock
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv train test test-all test-slurm test-report-page bench report clean
+.PHONY: help venv lock train test test-all test-slurm test-report-page bench report clean
 
 help:  ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed  ## Create the virtual env and install the project (+ dev tools)
+venv: $(VENV)/.installed  ## Create the virtual env and install the project (+ dev tools) at the versions of constraints.txt
+
+lock:  ## Regenerate constraints.txt: the newest versions pyproject.toml allows, in a fresh venv, kept only if the fast tests pass there
+	rm -rf $(LOCK_VENV)
+	python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(LOCK_VENV)/bin/python -m pytest -m "not slow" -q -p no:cacheprovider $(ARGS)
+	echo "# The exact versions of a venv whose fast tests passed (make venv and CI install with them); make lock regenerates it." > constraints.txt.tmp
+	$(LOCK_VENV)/bin/python -c "import platform; print('# Python', platform.python_version(), platform.machine())" >> constraints.txt.tmp
+	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' >> constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf $(LOCK_VENV)
 
 train: venv  ## Train HAL with the defaults (digits, case1), or with ARGS="dataset=svhn case=case4"
 	$(PY) -m src.train $(ARGS)

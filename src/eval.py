@@ -9,6 +9,7 @@ it is, unless ``--update``: then the fields it lacks are added to it (none that 
 trained before a metric existed can be reported with it.
 """
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -26,12 +27,14 @@ from src.run.config import did_you_mean
 from src.run.console import quiet, shown
 from src.run.errors import UserError, exit_code
 from src.evaluation.flops import train_flops_per_image
-from src.run.records import METRICS, git_commit, machine, read_record, write_json
+from src.run.provenance import FIELDS, code_moved, code_state, fields, save_patch
+from src.run.records import METRICS, machine, read_record, write_json
 from src.run.resume import LAST_CHECKPOINT
 from src.run.summary import test_errors
 from src.train import build, trainer_arguments
 
 EVAL = "eval.json"
+EVAL_PATCH = "eval.code.patch"  # the rescoring code's patch, beside the training's code.patch
 # Copied from metrics.json: what the evaluated run is (the report groups by them).
 IDENTITY = ("dataset", "case", "method", "position", "depth", "seed", "superclasses", "epochs")
 
@@ -61,6 +64,23 @@ def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
+def load_weights(checkpoint: Path) -> dict:
+    """The ``state_dict`` of a checkpoint, unpickled with ``weights_only=True``: tensors, numbers, strings, lists
+    and dicts only, so a file from elsewhere cannot run code on load. Lightning stores a type by name only for
+    hyper-parameters that are an omegaconf container; HALModule saves a dict of numbers, and the rest of its
+    checkpoints (loops, callbacks' states, optimiser) are plain too, so no other type is allowed."""
+    try:
+        weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as e:  # UnpicklingError for a forbidden global; anything else for a damaged file
+        # torch's message is a page: keep the global it refused, or its WeightsUnpickler line, or its first line
+        text = str(e)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        why = found.group(1) if found else (text.strip().splitlines() or [type(e).__name__])[0]
+        raise EvalError(f"{checkpoint} is not a plain checkpoint ({why}): src.eval loads only tensors, numbers, "
+                        "strings, lists and dicts") from None
+    return weights
+
+
 def evaluate(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
     """The test pass of ``run_dir``'s final weights: the record written to ``eval.json``."""
     run_dir = Path(run_dir)
@@ -69,6 +89,11 @@ def evaluate(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
     if not checkpoint.exists():
         raise EvalError(f"{checkpoint} not found: the run kept no weights (trainer.enable_checkpointing=false?)")
     start = time.time()
+    weights = load_weights(checkpoint)
+    previous = read_record(run_dir)
+    commit, patch = code_state()
+    code = fields(commit, patch, EVAL_PATCH)
+    code_moved(previous, code, "rescoring", run_dir)
     if cfg.get("threads") is not None:
         torch.set_num_threads(cfg.threads)
     if cfg.seed is not None:
@@ -81,16 +106,16 @@ def evaluate(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
             args.pop(key, None)
         args.update(devices=1, enable_checkpointing=False, enable_progress_bar=False)
         # The weights only: the optimiser, loops and callback states of the checkpoint are for resuming.
-        module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"])
+        module.load_state_dict(weights)
         trainer = pl.Trainer(**args, logger=False, callbacks=[protocols], default_root_dir=scratch)
         test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-        previous = read_record(run_dir)
         record = {k: previous[k] for k in IDENTITY if k in previous}
         record.update(test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
                       **module.test_heads, **module.parameter_counts(), **protocols.record,
                       flops_per_train_image=train_flops_per_image(module, datamodule))
-    record.update(threads=torch.get_num_threads(), git_commit=git_commit(), machine=machine(),
+    record.update(threads=torch.get_num_threads(), machine=machine(), **code,
                   duration_s=round(time.time() - start, 2))
+    save_patch(run_dir, patch, EVAL_PATCH)
     return record
 
 
@@ -99,7 +124,8 @@ def update_metrics(run_dir: Path, record: dict) -> list[str]:
     previous = read_record(run_dir)
     if previous.get("status") != "finished":
         raise EvalError(f"{Path(run_dir) / METRICS} is not a finished run's record: --update adds only to those")
-    added = [k for k in record if k not in previous]
+    # Not the provenance: the training's code stays the one metrics.json names (eval.json has the rescoring's).
+    added = [k for k in record if k not in previous and k not in FIELDS]
     if added:
         write_json(Path(run_dir) / METRICS, {**previous, **{k: record[k] for k in added}})
     return added

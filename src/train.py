@@ -24,7 +24,8 @@ from src.evaluation.flops import TrainingFlops
 from src.models.module import HALModule
 from src.models.optimizers import lr_factor
 from src.evaluation.probes import StageProbes
-from src.run.records import git_commit, machine, write_json
+from src.run.provenance import code_moved, provenance
+from src.run.records import machine, read_record, write_json
 from src.run.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
 
 
@@ -98,6 +99,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     previous = finished_record(run_dir)
     if previous is not None:
         return previous
+    before = read_record(run_dir)  # an interrupted attempt's: the code it ran (code_moved below)
     start = time.time()
     if cfg.get("threads") is not None:
         torch.set_num_threads(cfg.threads)
@@ -107,13 +109,15 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     record = {"dataset": cfg.dataset.name, "case": cfg.case.name, "method": module.method.name,
               "position": module.net.position, "depth": cfg.model.get("depth"), "seed": cfg.seed,
               "superclasses": datamodule.superclasses, "epochs": cfg.trainer.max_epochs, "status": "running",
-              "git_commit": git_commit(), "threads": torch.get_num_threads(), "machine": machine()}
+              "threads": torch.get_num_threads(), "machine": machine(), **provenance(run_dir)}
     write_json(run_dir / "metrics.json", record)
 
     logger = make_logger(cfg, run_dir)
     trainer = pl.Trainer(**trainer_arguments(cfg, datamodule), logger=logger, default_root_dir=str(run_dir),
                          callbacks=[*run_callbacks, *callbacks])
     checkpoint = usable_checkpoint(run_dir) if cfg.trainer.enable_checkpointing else None
+    if checkpoint:
+        code_moved(before, record, "resuming", run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     history = next(c for c in run_callbacks if isinstance(c, EpochHistory))
     # A run resumed after its last epoch fits nothing: that epoch's metrics are then in the history.

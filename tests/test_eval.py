@@ -1,5 +1,6 @@
 """python -m src.eval: a finished run rescored from its final weights reproduces its test results exactly."""
 import json
+import logging
 
 import pytest
 from omegaconf import OmegaConf
@@ -32,7 +33,8 @@ def test_eval_reproduces_every_test_field_and_leaves_metrics_json_alone(finished
     assert "status" not in rescored
     assert rescored["test_error"] == record["test_error"]
     # Every field the test pass makes, under the same name and with the same value.
-    run_only = {"status", "val_error", "resumed_at_epoch", "train_images_per_s", "duration_s", "git_commit"}
+    # code_patch: eval.json names eval.code.patch, the rescoring's own patch (when the tree is dirty).
+    run_only = {"status", "val_error", "resumed_at_epoch", "train_images_per_s", "duration_s", "git_commit", "code_patch"}
     same = {k: v for k, v in record.items() if k not in run_only}
     assert {k: rescored[k] for k in same} == same
     out = capsys.readouterr().out.strip().splitlines()
@@ -80,3 +82,50 @@ def test_bad_input_is_one_line(finished_run, tmp_path, capsys, setup, args, mess
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 1 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / EVAL).exists()
+
+
+class _Touch:
+    """Unpickling it calls ``open(path, "a")``: a checkpoint from elsewhere that creates a file (or runs anything)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "a")
+
+
+def test_a_checkpoint_that_would_run_code_leaves_no_file_and_is_one_line(finished_run, tmp_path, capsys):
+    import torch
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text((finished_run / ".hydra" / "config.yaml").read_text())
+    (run / "metrics.json").write_text((finished_run / "metrics.json").read_text())
+    checkpoint = torch.load(finished_run / "checkpoints" / "last.ckpt", weights_only=True)
+    touched = tmp_path / "touched"
+    checkpoint["hyper_parameters"]["lr_min"] = _Touch(touched)  # beside real weights, where nothing reads it
+    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not touched.exists()
+    assert exit_info.value.code == 1 and len(err) == 1, err
+    assert "is not a plain checkpoint (io.open)" in err[0]
+    assert not (run / EVAL).exists() and not (run / "eval.code.patch").exists()
+
+
+def test_rescoring_after_the_code_moved_warns_once_and_goes_on(finished_run, capsys, caplog):
+    path = finished_run / "metrics.json"
+    original = path.read_text()
+    path.write_text(json.dumps({**json.loads(original), "git_commit": "0" * 40}))
+    try:
+        with caplog.at_level(logging.WARNING, logger="src.run.provenance"):
+            main([str(finished_run)])
+    finally:
+        path.write_text(original)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "src.run.provenance"]
+    assert len(warnings) == 1 and warnings[0].startswith("rescoring ") and "this code is commit" in warnings[0]
+    assert "commit 0000000000" in warnings[0] and "\n" not in warnings[0]
+    assert capsys.readouterr().out.startswith("eval ")
+    assert json.loads((finished_run / EVAL).read_text())["git_commit"] != "0" * 40

@@ -79,10 +79,35 @@ def isa_tree(name: str, isa: Path) -> ClassTree:
     return ClassTree(name, leaves, levels)
 
 
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickles data only: no class or function is ever looked up, so a pickle that names one (``os.system``,
+    ``builtins.eval``, any constructor) is refused before anything runs. MBM's distance files hold a dict of
+    string pairs and ints, which pickle writes with opcodes of its own, without a single global."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, and only dicts, tuples, strings and numbers are read")
+
+
+def read_distances(path: Path) -> dict[tuple[str, str], int]:
+    """MBM's ``*_ilsvrc_distances.pkl.xz``: {(node, node): distance}, through ``PlainUnpickler``; anything
+    else is one line (TreeError)."""
+    try:
+        with lzma.open(path, "rb") as f:
+            distances = PlainUnpickler(f).load()
+    except Exception as e:  # a damaged pickle raises about anything: UnpicklingError, EOFError, LZMAError, KeyError
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TreeError(f"{path} is not a plain distance file: {why}") from None
+    plain = isinstance(distances, dict) and all(
+        isinstance(k, tuple) and len(k) == 2 and all(isinstance(n, str) for n in k) and isinstance(d, int)
+        and not isinstance(d, bool) for k, d in distances.items())
+    if not plain:
+        raise TreeError(f"{path} is not a plain distance file: not a dict of (node, node) -> int")
+    return distances
+
+
 def check_distances(tree: ClassTree, path: Path) -> None:
     """Every class pair's LCA height equals MBM's published distance (an xz pickle {(a, b): d})."""
-    with lzma.open(path, "rb") as f:
-        distances = pickle.load(f)
+    distances = read_distances(path)
     names, h = tree.class_names, tree.lca_heights
     wrong, missing = [], 0
     for i, a in enumerate(names):

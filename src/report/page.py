@@ -91,6 +91,12 @@ def _cell(text: str) -> str:
     return f"<td{klass}>{html.escape(text)}</td>"
 
 
+def _footnote(text: str) -> str:
+    """A footnote; its ``\n  - `` lines (a nested list in table.md) as a nested list."""
+    first, *lines = text.split("\n  - ")
+    return _inline(first) + (f"<ul>{''.join(f'<li>{_inline(line)}</li>' for line in lines)}</ul>" if lines else "")
+
+
 def figure_kind(path: Path) -> str:
     return next((k for k in sorted(FIGURES, key=len, reverse=True) if path.name.startswith(k + "_")), "")
 
@@ -110,7 +116,7 @@ def section(table: Table, figures: list[Path]) -> str:
     rows = "\n".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in table.cells)
     footnotes = ""
     if table.footnotes:
-        items = "".join(f"<li>{_inline(f)}</li>" for f in table.footnotes)
+        items = "".join(f"<li>{_footnote(f)}</li>" for f in table.footnotes)
         footnotes = (f'<div class="footnotes">p-values (Holm across this table\'s rows), tests and the seeds a '
                      f"paired test would need:<ul>{items}</ul></div>\n")
     return SECTION.substitute(

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from src.report.provenance import footnote as provenance_footnote
 from src.report.rows import COLUMNS
 from src.report.runs import DEFAULT_POSITION
 
@@ -212,7 +213,8 @@ def untuned_footnote(r: dict) -> str:
 
 def help_footnote(r: dict) -> str:
     parts = [delta_footnote(r, "Δ", "delta_vs_baseline", "delta", ""),
-             delta_footnote(r, "fair Δ", "fair_delta", "fair_delta", "fair_"), untuned_footnote(r)]
+             delta_footnote(r, "fair Δ", "fair_delta", "fair_delta", "fair_"), untuned_footnote(r),
+             provenance_footnote(r)]
     return "; ".join(p for p in parts if p)
 
 

@@ -24,6 +24,7 @@ from src.report.figures import write_figures
 from src.report.paper import PAPER_DEPTH
 from src.report.control import add_tree_columns, tree_tables
 from src.report.page import page
+from src.report.provenance import add_provenance, refuse_mixed
 from src.report.questions import Table, question_tables
 from src.report.questions import markdown as questions_markdown
 from src.report.tradeoff import write_tradeoff
@@ -144,15 +145,19 @@ def write_csv(rows: list[dict], path: Path) -> None:
                              for k, v in r.items()})
 
 
-def report(sweep_dirs: list[Path], out: Optional[Path] = None, alpha: float = ALPHA) -> dict:
+def report(sweep_dirs: list[Path], out: Optional[Path] = None, alpha: float = ALPHA, strict: bool = False) -> dict:
     """Write table.md, table.csv and the figures to ``out`` (default: the sweep dir, or the common parent
-    of several). Returns {"rows", "markdown", "figures"}."""
+    of several). Returns {"rows", "markdown", "figures"}. ``strict``: refuse (ReportError, nothing written)
+    where the report would flag a row's mixed provenance (``src.report.provenance``)."""
     if not 0 < alpha < 1:
         raise ReportError(f"--alpha must lie between 0 and 1, not {alpha:g}")
     runs = load_runs(sweep_dirs)
     groups = group_runs(runs)
     rows = table_rows(groups, alpha)
     add_tree_columns(groups, rows, alpha)
+    add_provenance(groups, rows)
+    if strict and (why := refuse_mixed(rows)):
+        raise ReportError(why)
     if out is None:
         out = sweep_dirs[0] if len(sweep_dirs) == 1 else Path(
             os.path.commonpath([str(p.resolve()) for p in sweep_dirs]))
@@ -175,9 +180,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "common parent of several)")
     parser.add_argument("--alpha", type=float, default=ALPHA,
                         help=f"family-wise error rate of the verdicts, Holm-corrected per table (default {ALPHA})")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse (exit 1, nothing written) instead of flagging: a row whose runs mix provenance")
     args = parser.parse_args(argv)
     try:
-        result = report(args.sweep_dirs, args.out, args.alpha)
+        result = report(args.sweep_dirs, args.out, args.alpha, args.strict)
     except Exception as e:
         return exit_code(e)
     print(result["markdown"])

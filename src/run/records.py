@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import socket
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -89,14 +88,6 @@ def record_status(run_dir: Path, cfg: DictConfig, **fields) -> dict:
 
 def record_failure(run_dir: Path, error: BaseException, cfg: DictConfig) -> dict:
     return record_status(run_dir, cfg, status="failed", error=f"{type(error).__name__}: {error}")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine() -> str:

@@ -110,3 +110,40 @@ def test_the_mbm_presets_train_with_adam_amsgrad_at_a_constant_lr():
         optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
         assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["amsgrad"] is True
         assert optimizer.defaults["lr"] == cfg.lr_min == 1e-5 and cfg.dataset.batch_size == 256
+
+
+class _Touch:
+    """Unpickling it calls ``open(path, "a")``: a file from the web that creates a file (or runs anything)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "a")
+
+
+@pytest.mark.parametrize("payload", ["value", "whole"])
+def test_a_distance_file_that_would_run_code_leaves_no_file_and_is_one_line(tmp_path, payload):
+    hierarchy, _ = sf.mbm(tmp_path / "data", tmp_path / "images", train=1, test=1)
+    path = hierarchy / "tiered_imagenet_ilsvrc_distances.pkl.xz"
+    touched = tmp_path / "touched"
+    distances = sf.mbm_reference_distances(sf.ISA)
+    if payload == "value":
+        distances[("c1", "c2")] = _Touch(touched)
+    with lzma.open(path, "wb") as f:
+        pickle.dump(distances if payload == "value" else _Touch(touched), f)
+    dm = TieredImageNetDataModule(root=str(tmp_path / "images"), hierarchy_dir=str(hierarchy))
+    with pytest.raises(TreeError) as error:
+        dm.tree
+    assert not touched.exists()
+    assert len(str(error.value).splitlines()) == 1 and "is not a plain distance file" in str(error.value)
+    assert "it names io.open" in str(error.value)
+
+
+def test_a_distance_file_of_other_plain_data_is_one_line(tmp_path):
+    hierarchy, _ = sf.mbm(tmp_path / "data", tmp_path / "images", train=1, test=1)
+    path = hierarchy / "tiered_imagenet_ilsvrc_distances.pkl.xz"
+    with lzma.open(path, "wb") as f:
+        pickle.dump([("c1", "c2", 1)], f)
+    with pytest.raises(TreeError, match=r"not a dict of \(node, node\) -> int$"):
+        TieredImageNetDataModule(root=str(tmp_path / "images"), hierarchy_dir=str(hierarchy)).tree
