@@ -3,8 +3,9 @@
 A parameter is a dotted config key with a range, ``{low, high, log}`` (integers when both ends are integers),
 or a list of ``choices``; a method's entry replaces a common key's range (HXE's learning rates lie higher than
 CE's), and ``null`` drops it for that method. A best value in the outer ``EDGE`` of its range (``at_edge``) says
-the optimum may lie outside it: the tuner and the confirmation warn, and the table marks it. A trial's config is the arm's config with the suggested values set, trained with
-``test=false``: it fits and validates, and never reads the test split.
+the optimum may lie outside it: the tuner and the confirmation warn, and the table marks it. A trial's config is
+the arm's config with the suggested values set, trained with ``test=false``: it fits and validates, and never
+reads the test split.
 """
 import math
 from typing import Any

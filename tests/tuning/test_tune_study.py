@@ -152,7 +152,7 @@ def test_search_space_per_method_and_its_errors(tmp_path):
     assert (trial.method.weight, trial.optimizer.lr, trial.test, trial.test_curve) == (0.5, 0.1, False, False)
     with pytest.raises(ConfigError, match="method.wieght is not a key"):
         trial_config(cfg, {"method.wieght": 0.5})
-    cfg.tune.space.common["optimizer.lr"].low = 3.0
+    cfg.tune.space.common["optimizer.lr"].low = 30.0
     with pytest.raises(ConfigError, match="low must be below high"):
         search_space(cfg.tune, "hal")
     with pytest.raises(ConfigError, match="needs test=true"):
