@@ -19,7 +19,8 @@ EDGE = 0.05  # the outer share of a range, at each end (on the log scale where t
 
 
 def search_space(tune: DictConfig, method: str) -> dict[str, dict]:
-    """``tune.space.common`` and ``tune.space.<method>`` (a method without an entry tunes the common keys)."""
+    """``tune.space.common`` and ``tune.space.<method>``: a method's entry replaces a common key's range, and
+    ``null`` drops the key (a method without an entry tunes the common keys)."""
     space = OmegaConf.to_container(tune.get("space") or OmegaConf.create({}), resolve=True)
     merged = {**(space.get("common") or {}), **(space.get(method) or {})}
     merged = {key: spec for key, spec in merged.items() if spec is not None}
