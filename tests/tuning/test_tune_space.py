@@ -29,10 +29,10 @@ def log_point(low, high, share):
     (1.61, "top"),  # issue 31: seven arms' best LR, at 96 % of 0.01-2.0 on its log scale
     (1.99, "top"),  # the heads'
     (log_point(0.01, 2.0, 1 - EDGE + 0.001), "top"),
-    (log_point(0.01, 2.0, 1 - EDGE - 0.001), None),  # 0.95 of the log scale is 1.53; linearly it is 96 % of 2.0
+    (log_point(0.01, 2.0, 1 - EDGE - 0.001), None),  # 0.95 of the log scale is 1.53: linearly 76 % of the range
     (0.3, None),
     (log_point(0.01, 2.0, EDGE + 0.001), None),
-    (log_point(0.01, 2.0, EDGE - 0.001), "bottom"),  # 0.013: linearly that is 0.2 % of the range, not 5 %
+    (log_point(0.01, 2.0, EDGE - 0.001), "bottom"),  # 0.013: linearly 0.15 % of the range, not 5 %
     (0.01, "bottom")])
 def test_the_edge_is_the_outer_5_percent_on_the_log_scale(value, end):
     assert at_edge({"optimizer.lr": value}, {"optimizer.lr": LR}) == ({"optimizer.lr": end} if end else {})
