@@ -10,7 +10,7 @@ from helpers import CONF, FAST, HandScore, compose_cfg
 from src.run.resume import finished_record
 from src.run.summary import sweep_summary
 
-TUNE_PRESETS = ["tune_cifar10", "tune_digits", "tune_mnist"]  # python -m src.tune's (tests/tuning/)
+TUNE_PRESETS = ["tune_cifar10", "tune_digits", "tune_methods_digits", "tune_mnist"]  # python -m src.tune's (tests/tuning/)
 PRESETS = sorted(p.stem for p in Path(CONF, "experiment").glob("*.yaml") if p.stem not in TUNE_PRESETS)
 SEEDS = ["0", "1", "2", "3", "4"]
 

@@ -26,7 +26,7 @@ from src.report.page import COMMAND_FILE
 from src.report.tables import report, write_csv
 from src.run.signals import stop_on_signal
 from src.train import train
-from src.tuning.space import with_params
+from src.tuning.space import at_edge, edge_warnings, with_params
 from src.tuning.study import STORAGE_FILES, counted, storage
 from src.tuning.tuner import CONFIG
 
@@ -54,12 +54,18 @@ def studies(tune_dir: Path, kind: str) -> dict[str, optuna.Study]:
 
 
 def tuned_cell(study: optuna.Study) -> str:
-    """``6 trials × 5 epochs (4 complete, 2 pruned); best val 3.10 %: optimizer.lr=0.31, ...``"""
+    """``6 trials × 5 epochs (4 complete, 2 pruned); best val 3.10 %: optimizer.lr=0.31, ...``; a value in the
+    outer 5 % of its range is followed by ``(at the edge: top of 0.01-2)``."""
     budget = study.user_attrs["budget"]
     states = [t.state for t in study.get_trials(deepcopy=False)]
     parts = [f"{states.count(s)} {s.name.lower()}" for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
              if states.count(s)]
-    values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in study.best_params.items())
+    best = study.best_trial
+    edges = at_edge(best.params, best.distributions)
+    values = ", ".join((f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+                       + (f" (at the edge: {edges[k]} of {best.distributions[k].low:g}-{best.distributions[k].high:g})"
+                          if k in edges else "")
+                       for k, v in best.params.items())
     epochs = f"{budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''}"
     return (f"{budget['n_trials']} trials × {epochs} ({', '.join(parts)}); "
             f"best val {study.best_value:.2f} %: {values}")
@@ -96,6 +102,9 @@ def confirm(tune: DictConfig, command: str = "") -> dict:
     (out / "table.md").write_text(markdown)
     write_csv(result["rows"], out / "table.csv")
     figures = [path for arm, study in found.items() for path in study_figures(study, out / arm)]
+    for arm, study in found.items():  # last, where a reader of the log looks
+        for line in edge_warnings(arm, study.best_trial):
+            log.warning(line)
     return {"rows": result["rows"], "markdown": markdown, "out": out, "figures": figures}
 
 

@@ -16,7 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from src.run.errors import ConfigError
 from src.run.launch import config_flags
 from src.run.records import write_atomic
-from src.tuning.space import search_space
+from src.tuning.space import edge_warnings, search_space
 from src.tuning.study import next_trial, open_study
 from src.tuning.trial import run_trial
 
@@ -73,6 +73,10 @@ def tune(cfg: DictConfig, arm: str) -> dict:
         summary.update(best_value=study.best_value, best_params=study.best_params)
     except ValueError:  # no complete trial
         pass
+    else:
+        summary["at_edge"] = edge_warnings(arm, study.best_trial)
+        for line in summary["at_edge"]:
+            log.warning(line)
     if any(helper.returncode for helper in helpers):
         raise ConfigError(f"{sum(bool(h.returncode) for h in helpers)} of the study's workers failed: see their "
                           "lines above")

@@ -152,7 +152,7 @@ def test_search_space_per_method_and_its_errors(tmp_path):
     assert (trial.method.weight, trial.optimizer.lr, trial.test, trial.test_curve) == (0.5, 0.1, False, False)
     with pytest.raises(ConfigError, match="method.wieght is not a key"):
         trial_config(cfg, {"method.wieght": 0.5})
-    cfg.tune.space.common["optimizer.lr"].low = 3.0
+    cfg.tune.space.common["optimizer.lr"].low = 30.0
     with pytest.raises(ConfigError, match="low must be below high"):
         search_space(cfg.tune, "hal")
     with pytest.raises(ConfigError, match="needs test=true"):
@@ -192,13 +192,15 @@ def test_the_cli_without_an_arm_is_one_error_line(tmp_path):
         "error: choose the arm to tune: arm=<conf/arm option>, or -m for every arm of the preset"
 
 
-def test_the_confirmation_trains_each_best_trial_and_adds_the_tuned_column(tmp_path):
+def test_the_confirmation_trains_each_best_trial_and_adds_the_tuned_column(tmp_path, caplog):
+    import logging
+
     from omegaconf import OmegaConf
 
     from src.tuning.confirm import confirm
 
     lr = optuna.distributions.FloatDistribution(0.01, 2.0, log=True)
-    best = {"baseline": 0.5, "hal_case1": 0.3}
+    best = {"baseline": 0.5, "hal_case1": 1.9}  # 1.9: at 99 % of the range on its log scale, at the edge
     for arm in best:  # two finished studies of two trials each, made without training
         cfg = cfg_of(tmp_path, f"arm={arm}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                      "tune.confirm_seeds=[100,101]")
@@ -208,8 +210,12 @@ def test_the_confirmation_trains_each_best_trial_and_adds_the_tuned_column(tmp_p
                                                       value=error))
         (tmp_path / arm / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     command = f"python -m src.tune experiment=tune_digits tune.dir={tmp_path} tune.confirm=true"
-    result = confirm(cfg.tune, command)
+    with caplog.at_level(logging.WARNING, logger="src.tuning.confirm"):
+        result = confirm(cfg.tune, command)
     assert f"command <code>{command}</code>;" in (tmp_path / "confirm" / "report.html").read_text()
+    assert [m for m in caplog.messages if "edge" in m] == [
+        "hal_case1: the best optimizer.lr=1.9 lies at the top edge of its range 0.01-2 (log): the optimum may lie "
+        "outside it; widen its range in tune.space and tune again"]
     runs = sorted(p.name for p in (tmp_path / "confirm").glob("arm=*"))
     assert runs == ["arm=baseline,seed=100", "arm=baseline,seed=101", "arm=hal_case1,seed=100", "arm=hal_case1,seed=101"]
     for run in runs:
@@ -222,7 +228,8 @@ def test_the_confirmation_trains_each_best_trial_and_adds_the_tuned_column(tmp_p
     assert lines[0].endswith(" tuned |") and (tmp_path / "confirm" / "table.md").read_text() == result["markdown"]
     rows = {line.split(" | ")[2]: line for line in lines[2:4]}
     assert rows["baseline"].endswith("| 2 trials × 1 epoch (2 complete); best val 10.00 %: optimizer.lr=0.5 |")
-    assert rows["case1"].endswith("| 2 trials × 1 epoch (2 complete); best val 10.00 %: optimizer.lr=0.3 |")
+    assert rows["case1"].endswith("| 2 trials × 1 epoch (2 complete); best val 10.00 %: "
+                                  "optimizer.lr=1.9 (at the edge: top of 0.01-2) |")
     assert any(verdict in rows["case1"] for verdict in (" better ", " worse ", " no evidence "))
     assert sorted(p.name for p in result["figures"]) == ["baseline_history.png", "baseline_importances.png",
                                                          "hal_case1_history.png", "hal_case1_importances.png"]
