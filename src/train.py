@@ -3,6 +3,7 @@
 ``build(cfg, run_dir)`` is the composition root: the one place that makes the datamodule, the module and
 the callbacks of a run (tests and benchmarks call it too). ``train(cfg, run_dir)`` fits, tests and records.
 """
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from src.evaluation.probes import StageProbes
 from src.run.records import git_commit, machine, write_json
 from src.run.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
 
+log = logging.getLogger(__name__)
+
 
 def make_datamodule(dataset: DictConfig) -> pl.LightningDataModule:
     """The ``dataset`` config's datamodule. Its ``depth`` is the dataset's default network depth (the top-level
@@ -46,6 +49,7 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     cases = dataset_cases(cfg.dataset.name, names, datamodule.tree)
     case = resolve_case(cfg.case, cases, names, cfg.dataset.name)
     hierarchy = evaluation_tree(cfg.eval.hierarchy, cases, case, datamodule.tree)
+    log.info(scoring_line(hierarchy, cfg.eval.hierarchy))
     datamodule.superclasses = None if case is None else case.table
     method = instantiate(cfg.method)
     if method.needs_superclasses and case is None:
@@ -83,6 +87,14 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     if cfg.trainer.enable_progress_bar:  # train.log's epoch lines; the console's too, off a terminal
         callbacks.append(EpochLines(console=not progress_bar(cfg)))
     return datamodule, module, callbacks
+
+
+def scoring_line(tree, option) -> str:
+    """The start line naming the tree behind the hierarchy metrics (severity, HD@k, CRM, level_acc)."""
+    if tree is None:
+        return f"hierarchy metrics: none (eval.hierarchy={option})"
+    levels = " > ".join(level.name for level in tree.levels)
+    return f"hierarchy metrics scored on tree '{tree.name}' (levels: class > {levels}; eval.hierarchy={option})"
 
 
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> dict:
