@@ -21,6 +21,7 @@ from typing import Optional
 
 from src.run.errors import exit_code
 from src.report.figures import write_figures
+from src.report.mixed import mixed_notes, refuse_mixed
 from src.report.paper import PAPER_DEPTH
 from src.report.control import add_tree_columns, tree_tables
 from src.report.page import page
@@ -118,6 +119,7 @@ def _notes(rows: list[dict], runs: list[Run], methods: bool, alpha: float) -> li
                   "(no hint); severity and HD@k in LCA heights (lower = better mistakes); ECE a fraction."]
     if methods:
         notes += [""] + [f"- {n}" for n in METHOD_NOTES]
+    notes += [line for n in mixed_notes(runs) for line in ("", n)]
     evaluated = sum(r.evaluated for r in runs if r.finished)
     if evaluated:
         notes += ["", f"{evaluated} counted runs have an eval.json (python -m src.eval): its metrics replace "
@@ -141,12 +143,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
                              for k, v in r.items()})
 
 
-def report(sweep_dirs: list[Path], out: Optional[Path] = None, alpha: float = ALPHA) -> dict:
+def report(sweep_dirs: list[Path], out: Optional[Path] = None, alpha: float = ALPHA, strict: bool = False) -> dict:
     """Write table.md, table.csv and the figures to ``out`` (default: the sweep dir, or the common parent
     of several). Returns {"rows", "markdown", "figures"}."""
     if not 0 < alpha < 1:
         raise ReportError(f"--alpha must lie between 0 and 1, not {alpha:g}")
     runs = load_runs(sweep_dirs)
+    if strict:
+        refuse_mixed(runs)
     groups = group_runs(runs)
     rows = table_rows(groups, alpha)
     add_tree_columns(groups, rows, alpha)
@@ -172,9 +176,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "common parent of several)")
     parser.add_argument("--alpha", type=float, default=ALPHA,
                         help=f"family-wise error rate of the verdicts, Holm-corrected per table (default {ALPHA})")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse, in one line, a folder holding runs of different sweep commands")
     args = parser.parse_args(argv)
     try:
-        result = report(args.sweep_dirs, args.out, args.alpha)
+        result = report(args.sweep_dirs, args.out, args.alpha, strict=args.strict)
     except Exception as e:
         return exit_code(e)
     print(result["markdown"])
