@@ -11,6 +11,7 @@
   run dir (Lightning's own re-runs ``sys.argv``, which in a multirun is the whole sweep).
 """
 import contextlib
+import difflib
 import logging
 import os
 import re
@@ -99,8 +100,21 @@ def hydra_error(error: BaseException) -> Optional[ConfigError]:
         return ConfigError(f"{key}: {first}" + (f" ({hint})" if hint else ""))
     if isinstance(error, OverrideParseException) or "Could not find" not in str(error):
         return ConfigError(first)
-    # An unknown group option: Hydra's message lists the options (its search path is left out).
-    return ConfigError(str(error).split("Config search path")[0].strip())
+    return missing_option(str(error))
+
+
+def missing_option(message: str) -> ConfigError:
+    """An unknown group option (``method=focl``) in one line: the closest option, and all of them, from Hydra's
+    message ("Could not find 'method/focl'", then "Available options in 'method':" one per line)."""
+    found = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
+    options = [o for o in re.findall(r"^\t(\S+)$", message.split("Config search path")[0], flags=re.M)
+               if o != "base" and not o.startswith("base_")]  # the typed bases every option extends
+    if found is None or not options:
+        return ConfigError(" ".join(message.split("Config search path")[0].split()))
+    group, name = found.groups()
+    close = difflib.get_close_matches(name, options, n=1)
+    guess = f"did you mean {group}={close[0]}? " if close else ""
+    return ConfigError(f"{group}={name} is not an option of {group}/ ({guess}options: {', '.join(options)})")
 
 
 def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:

@@ -1,4 +1,5 @@
-"""The folder of an ad hoc sweep (``-m`` without a preset): one per distinct sweep command.
+"""The folder of an ad hoc sweep (``-m`` without a preset): one per distinct sweep command; and the depth in a
+single run's dir name.
 
 conf/config.yaml's ``hydra.sweep.dir: outputs/sweeps/${sweep_name:${hydra.overrides.task},...}``. The name is derived from the command's
 overrides, never from the time, so the same command finds its folder again (resume and skipping depend on it):
@@ -40,3 +41,12 @@ def _resolve(overrides, exclude) -> str:
 
 # use_cache: the cache key is the arguments' text ("${hydra.overrides.task}"), the same in every job's config.
 OmegaConf.register_new_resolver("sweep_name", _resolve, use_cache=True, replace=True)
+
+
+def depth_tag(depth, dataset_depth) -> str:
+    """``_depth28`` in a single run's dir name when ``depth`` is not the dataset's default, else nothing."""
+    return "" if depth == dataset_depth else f"_depth{depth}"
+
+
+# `${depth_tag:${depth},${dataset.depth}}` in hydra.run.dir (conf/config.yaml).
+OmegaConf.register_new_resolver("depth_tag", depth_tag, replace=True)
