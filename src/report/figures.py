@@ -233,6 +233,9 @@ def deltas_figure(dataset: str, depth, settings: str, rows: list[dict]):
         if paper is not None and not math.isnan(paper):
             ax.plot(paper, y, "kx", ms=7, label="paper Δ (Table 2)" if "paper Δ (Table 2)" not in
                     ax.get_legend_handles_labels()[1] else None)
+            if r.get("paper_differs"):  # the runs leave the paper's recipe: say how, at its marker
+                ax.annotate(f"paper ≠ {r['paper_differs']}", (paper, y), xytext=(4, -9), textcoords="offset points",
+                            fontsize=7, color="0.3")
     ax.axvline(0, color="0.3", lw=1)
     ax.set_yticks(range(len(rows)), labels)
     ax.set_ylim(len(rows) - 0.5, -0.5)
