@@ -118,7 +118,7 @@ def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupte
         assert resumed[key] == whole[key]
     history = (run_dir / "history.csv").read_text()
     assert history == (tmp_path / "whole" / "history.csv").read_text()
-    assert [line.split(",")[0] for line in history.splitlines()[1:]] == ["0", "1"]
+    assert [line.split(",")[0] for line in history.splitlines()[1:]] == ["1", "2"]  # counted from 1
     assert "curve/test_loss" in history.splitlines()[0]
     a, b = np.load(run_dir / "aux_scores.npz"), np.load(tmp_path / "whole" / "aux_scores.npz")
     assert np.array_equal(a["score"], b["score"]) and len(a["score"]) == len(a["label"]) == len(a["superclass"])
@@ -223,7 +223,7 @@ def test_sweep_is_killed_resumed_skipped_and_reported(tmp_path, capsys):
     assert {k: r["resumed_at_epoch"] for k, r in finished.items()} == {
         "case=baseline,seed=0": None, "case=baseline,seed=1": None, KILLED: 1, "case=case1,seed=1": None}
     history = (sweep / f"{KILLED}{EPOCHS}" / "history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]  # each epoch once: not restarted
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]  # each epoch once: not restarted
     assert [records[f"case=custom,seed={s}"]["status"] for s in (0, 1)] == ["failed", "failed"]
 
     # 3. The report: baseline and case1 with n=2, mean and sample std of the runs' test errors.

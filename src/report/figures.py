@@ -35,6 +35,8 @@ def read_history(run_dir: Path) -> dict[str, np.ndarray]:
         with open(run_dir / "history.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         epochs = [int(r["epoch"]) for r in rows]
+        if epochs and min(epochs) >= 1:  # counted from 1 (since issue 36); a run's history starts at its first epoch
+            epochs = [e - 1 for e in epochs]
         columns = {}
         for key in (rows[0] if rows else {}):
             values = np.full(max(epochs) + 1, np.nan)

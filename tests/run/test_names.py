@@ -39,3 +39,21 @@ def test_a_run_dir_names_the_method_and_a_depth_that_is_not_the_datasets():
     assert _run_dir("case=baseline", "seed=3") == "digits_hal_baseline_seed3"
     assert _run_dir("depth=16") == "digits_hal_case1_depth16_seed0"
     assert _run_dir("dataset=svhn", "depth=28") == "svhn_hal_case1_seed0"  # svhn's own depth: not named
+
+
+def test_history_counts_epochs_from_1_like_the_console(run_train, tmp_path):
+    import csv
+
+    run_train("trainer.max_epochs=2", run_dir=tmp_path / "h")
+    with open(tmp_path / "h" / "history.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+
+
+def test_the_report_reads_histories_counted_from_1_and_from_0_alike(tmp_path):
+    from src.report.figures import read_history
+
+    for name, first in (("new", 1), ("old", 0)):  # old: history.csv written before issue 36
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "history.csv").write_text(f"epoch,train/loss\n{first},2.0\n{first + 1},1.0\n")
+    new, old = read_history(tmp_path / "new"), read_history(tmp_path / "old")
+    assert new["train/loss"].tolist() == old["train/loss"].tolist() == [2.0, 1.0]
