@@ -116,6 +116,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     import pytorch_lightning as pl
     import torch
 
+    from src.evaluation.protocols import headline_errors
     from src.run.records import git_commit, machine, write_json
     from src.run.resume import EpochHistory, finished_record, usable_checkpoint
 
@@ -151,8 +152,6 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     record.update(val_error=val_error, **module.parameter_counts())
     for callback in run_callbacks:  # what the extra passes measured (protocols, throughput, resume, probes)
         record.update(getattr(callback, "record", {}))
-    from src.evaluation.protocols import headline_errors
-
     record.update(headline_errors(record))
     # debug=fast / debug=overfit: a record no sweep skips and no report counts.
     # test=false: "validated", a record no report counts either (it has no test error).
