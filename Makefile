@@ -48,10 +48,11 @@ test-report-page: venv  ## report.html rendered in headless Chromium: figures lo
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(PY) -m pytest -q tests/report/test_report_page.py $(ARGS)
 
-bench: venv  ## Run the benchmarks (parity, data pipeline, default run, memory, metrics, streaming); prints JSON
+bench: venv  ## Run the benchmarks (parity, data pipeline, default run, start-up, memory, metrics, streaming); prints JSON
 	$(PY) -m bench.parity $(ARGS)
 	$(PY) -m bench.data
 	$(PY) -m bench.default_run
+	$(PY) -m bench.startup
 	$(PY) -m bench.memory
 	$(PY) -m bench.metrics
 	$(PY) -m bench.stream

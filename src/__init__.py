@@ -59,3 +59,4 @@ OmegaConf.register_new_resolver("slurm_tasks", _slurm_tasks, replace=True)
 # The typed schema (`base_config`, which conf/config.yaml extends) is in Hydra's ConfigStore as soon as anything
 # of `src` is imported, so `hydra.compose` works after any `import src...`, not only under `python -m src.train`.
 from src.run import config as _schema  # noqa: E402,F401
+from src.run import sweep_dir as _sweep_dir  # noqa: E402,F401  (the ${sweep_name:} resolver of hydra.sweep.dir)

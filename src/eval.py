@@ -27,6 +27,7 @@ from src.run.config import did_you_mean
 from src.run.console import quiet, shown
 from src.run.errors import UserError, exit_code
 from src.evaluation.flops import train_flops_per_image
+from src.evaluation.protocols import headline_errors
 from src.run.provenance import FIELDS, code_moved, code_state, fields, save_patch
 from src.run.records import METRICS, machine, read_record, write_json
 from src.run.resume import LAST_CHECKPOINT
@@ -113,8 +114,10 @@ def evaluate(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
         record.update(test_error=test["test/error"], test_acc=100 - test["test/error"], test_loss=test["test/loss"],
                       **module.test_heads, **module.parameter_counts(), **protocols.record,
                       flops_per_train_image=train_flops_per_image(module, datamodule))
+        record.update(headline_errors(record))
+    # eval_duration_s: this evaluation's time; duration_s stays the training run's
     record.update(threads=torch.get_num_threads(), machine=machine(), **code,
-                  duration_s=round(time.time() - start, 2))
+                  eval_duration_s=round(time.time() - start, 2))
     save_patch(run_dir, patch, EVAL_PATCH)
     return record
 

@@ -3,35 +3,30 @@
 ``build(cfg, run_dir)`` is the composition root: the one place that makes the datamodule, the module and
 the callbacks of a run (tests and benchmarks call it too). ``train(cfg, run_dir)`` fits, tests and records.
 """
+from __future__ import annotations  # the annotations name Lightning's classes without importing it
+
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.evaluation.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols, Throughput
-from src.run.config import check_config
-from src.run.console import EpochLines, progress_bar
-from src.data.superclasses import dataset_cases, evaluation_tree, resolve_case
-from src.run.errors import ConfigError
 from src.run import launch
-from src.evaluation.protocols import evaluation_options, masked_tables
-from src.evaluation.flops import TrainingFlops
-from src.models.module import HALModule
-from src.models.optimizers import lr_factor
-from src.evaluation.probes import StageProbes
-from src.run.provenance import code_moved, provenance
-from src.run.records import machine, read_record, write_json
-from src.run.resume import EpochHistory, RNGState, checkpoint_callback, finished_record, usable_checkpoint
+from src.run.config import check_config
+
+# torch, Lightning and the project's models are imported inside the functions that train, not here: --help,
+# --cfg job and the errors Hydra raises while composing answer in about a second (bench/startup.py).
+
+log = logging.getLogger(__name__)
 
 
 def make_datamodule(dataset: DictConfig) -> pl.LightningDataModule:
     """The ``dataset`` config's datamodule. Its ``depth`` is the dataset's default network depth (the top-level
     ``depth``), not an argument of the datamodule."""
+    from hydra.utils import instantiate
+
     arguments = OmegaConf.to_container(dataset, resolve=True)
     arguments.pop("depth", None)
     return instantiate(arguments)
@@ -42,12 +37,28 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     callbacks of a run writing to ``run_dir``. Seed first: the network's initialisation draws from it.
 
     The case and the tree of the hierarchy metrics are resolved here, once, and handed to those that use them."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from src.data.superclasses import dataset_cases, evaluation_tree, resolve_case
+    from src.evaluation.callbacks import (AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols,
+                                          Throughput)
+    from src.evaluation.flops import TrainingFlops
+    from src.evaluation.probes import StageProbes
+    from src.evaluation.protocols import evaluation_options, masked_tables
+    from src.models.module import HALModule
+    from src.models.optimizers import lr_factor
+    from src.run.console import EpochLines, progress_bar
+    from src.run.errors import ConfigError
+    from src.run.resume import EpochHistory, RNGState, checkpoint_callback
+
     datamodule = make_datamodule(cfg.dataset)
     evaluation = evaluation_options(cfg.eval)
     names = datamodule.class_names
     cases = dataset_cases(cfg.dataset.name, names, datamodule.tree)
     case = resolve_case(cfg.case, cases, names, cfg.dataset.name)
     hierarchy = evaluation_tree(cfg.eval.hierarchy, cases, case, datamodule.tree)
+    log.info(scoring_line(hierarchy, cfg.eval.hierarchy))
     datamodule.superclasses = None if case is None else case.table
     method = instantiate(cfg.method)
     if method.needs_superclasses and case is None:
@@ -88,6 +99,14 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     return datamodule, module, callbacks
 
 
+def scoring_line(tree, option) -> str:
+    """The start line naming the tree behind the hierarchy metrics (severity, HD@k, CRM, level_acc)."""
+    if tree is None:
+        return f"hierarchy metrics: none (eval.hierarchy={option})"
+    levels = " > ".join(level.name for level in tree.levels)
+    return f"hierarchy metrics scored on tree '{tree.name}' (levels: class > {levels}; eval.hierarchy={option})"
+
+
 def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> dict:
     """Fit on train (+val), test once with the final weights, write ``run_dir/metrics.json``.
 
@@ -96,6 +115,15 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     """
     run_dir = Path(run_dir)
     check_config(cfg)
+    import pytorch_lightning as pl
+    import torch
+
+    from src.evaluation.protocols import headline_errors
+    from src.run.provenance import code_moved, provenance
+    from src.run.records import machine, read_record, write_json
+    from src.run.resume import EpochHistory, finished_record, usable_checkpoint
+
+    launch.patch_lightning()  # DDP ranks get this job's command, also when tests call train() directly
     previous = finished_record(run_dir)
     if previous is not None:
         return previous
@@ -130,6 +158,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     record.update(val_error=val_error, **module.parameter_counts())
     for callback in run_callbacks:  # what the extra passes measured (protocols, throughput, resume, probes)
         record.update(getattr(callback, "record", {}))
+    record.update(headline_errors(record))
     # debug=fast / debug=overfit: a record no sweep skips and no report counts.
     # test=false: "validated", a record no report counts either (it has no test error).
     status = "debug" if cfg.get("debug_run") else "finished" if cfg.get("test", True) else "validated"
@@ -142,6 +171,8 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
 
 def trainer_arguments(cfg: DictConfig, datamodule: pl.LightningDataModule) -> dict:
     """``pl.Trainer`` arguments from ``cfg.trainer``: the keys set, the progress bar only on a terminal."""
+    from src.run.console import progress_bar
+
     args = {k: cfg.trainer[k] for k in cfg.trainer if not OmegaConf.is_missing(cfg.trainer, k)}
     args["enable_progress_bar"] = progress_bar(cfg)
     # val_size=0 (the paper's protocol): no validation loop, rather than an empty one logging NaN metrics.
@@ -153,6 +184,8 @@ def trainer_arguments(cfg: DictConfig, datamodule: pl.LightningDataModule) -> di
 def make_logger(cfg: DictConfig, run_dir: Path) -> pl.loggers.Logger:
     """The Lightning logger of ``cfg.logger`` (conf/logger/): files in the run dir unless it names a
     ``save_dir``; runs named after their run dir where the logger has names."""
+    from hydra.utils import instantiate
+
     extra = {"save_dir": str(run_dir)} if cfg.logger.get("save_dir") is None else {}
     for key in ("run_name", "name"):
         if key in cfg.logger and cfg.logger[key] is None:
@@ -163,6 +196,8 @@ def make_logger(cfg: DictConfig, run_dir: Path) -> pl.loggers.Logger:
 def log_final(logger: pl.loggers.Logger, cfg: DictConfig, metrics: dict, step: int) -> None:
     """The config and the final test metrics, once. TensorBoard pairs them in its HPARAMS tab (``tensorboard
     --logdir <sweep>`` compares the jobs of a sweep); the other loggers take them as params and metrics."""
+    import pytorch_lightning as pl
+
     params = OmegaConf.to_container(cfg, resolve=True)
     if isinstance(logger, pl.loggers.TensorBoardLogger):
         logger.log_hyperparams(params, metrics=metrics)

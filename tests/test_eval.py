@@ -32,6 +32,7 @@ def test_eval_reproduces_every_test_field_and_leaves_metrics_json_alone(finished
     record, rescored = json.loads(metrics), json.loads((finished_run / EVAL).read_text())
     assert "status" not in rescored
     assert rescored["test_error"] == record["test_error"]
+    assert "duration_s" not in rescored and rescored["eval_duration_s"] > 0  # its own time, under its own name
     # Every field the test pass makes, under the same name and with the same value.
     # code_patch: eval.json names eval.code.patch, the rescoring's own patch (when the tree is dirty).
     run_only = {"status", "val_error", "resumed_at_epoch", "train_images_per_s", "duration_s", "git_commit", "code_patch"}

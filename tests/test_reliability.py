@@ -46,7 +46,7 @@ def test_max_epochs_0_is_one_line_a_failed_record_and_a_fixed_rerun_finishes(tmp
     assert record(run_dir)["status"] == "failed" and "test_error" not in record(run_dir)
     fixed = cli(run_dir)  # "fix the value": the same dir, trainer.max_epochs=1
     assert fixed.returncode == 0, fixed.stderr[-2000:]
-    assert record(run_dir)["status"] == "finished" and epochs(run_dir) == [0]
+    assert record(run_dir)["status"] == "finished" and epochs(run_dir) == [1]
 
 
 def test_divergence_is_one_line_and_a_failed_record_without_test_metrics(tmp_path):
@@ -70,7 +70,7 @@ def test_a_damaged_checkpoint_is_one_warning_moved_aside_and_the_run_starts_over
     assert f"{run_dir / 'checkpoints' / 'last.ckpt'} is damaged (" in warning
     assert warning.endswith("moved it to last.ckpt.corrupt and starting over")
     assert (run_dir / "checkpoints" / "last.ckpt.corrupt").read_bytes() == b"PK\x03\x04 half a zip"
-    assert epochs(run_dir) == [0, 1] and record(run_dir)["status"] == "finished"  # from epoch 0, each once
+    assert epochs(run_dir) == [1, 2] and record(run_dir)["status"] == "finished"  # from epoch 1, each once
     assert "resumed_at_epoch" not in record(run_dir) or record(run_dir)["resumed_at_epoch"] in (None, 0)
 
 
@@ -146,4 +146,4 @@ def test_sigkill_leaves_running_and_a_checkpoint_and_a_rerun_resumes(tmp_path):
     rerun = cli(run_dir, "trainer.max_epochs=6")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert record(run_dir)["status"] == "finished" and record(run_dir)["resumed_at_epoch"] >= 1
-    assert epochs(run_dir) == list(range(6))  # each epoch once
+    assert epochs(run_dir) == list(range(1, 7))  # each epoch once, counted from 1

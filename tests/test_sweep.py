@@ -1,4 +1,5 @@
 """Sweeps: presets, sweep dir names, launchers, skip / resume / fault tolerance, end to end with the report."""
+import hashlib
 import json
 import os
 import subprocess
@@ -55,7 +56,8 @@ def test_sweep_job_dirs_are_named_by_their_overrides_without_timestamps():
     cfg = compose_with_hydra(["experiment=table2_svhn", "seed=3", "case=case2", "trainer.accelerator=gpu"])
     assert cfg.hydra.job.override_dirname == "case=case2,seed=3"  # sorted; experiment/accelerator left out
     plain = compose_with_hydra(["case=case1", "seed=0", "optimizer.lr=0.1"])
-    assert plain.hydra.sweep.dir == "outputs/sweeps/multirun"
+    assert plain.hydra.sweep.dir == "outputs/sweeps/case=case1_optimizer.lr=0.1_seed=0-" + \
+        hashlib.sha1(b"case=case1\noptimizer.lr=0.1\nseed=0").hexdigest()[:8]
     assert plain.hydra.job.override_dirname == "case=case1,optimizer.lr=0.1,seed=0"
     # Where the data lives is no setting: a path in the dir name would also nest dirs.
     located = compose_with_hydra(["case=case1", "seed=0", "dataset.data_dir=../shared/data", "dataset.download=false"])
@@ -116,7 +118,7 @@ def test_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupte
         assert resumed[key] == whole[key]
     history = (run_dir / "history.csv").read_text()
     assert history == (tmp_path / "whole" / "history.csv").read_text()
-    assert [line.split(",")[0] for line in history.splitlines()[1:]] == ["0", "1"]
+    assert [line.split(",")[0] for line in history.splitlines()[1:]] == ["1", "2"]  # counted from 1
     assert "curve/test_loss" in history.splitlines()[0]
     a, b = np.load(run_dir / "aux_scores.npz"), np.load(tmp_path / "whole" / "aux_scores.npz")
     assert np.array_equal(a["score"], b["score"]) and len(a["score"]) == len(a["label"]) == len(a["superclass"])
@@ -221,7 +223,7 @@ def test_sweep_is_killed_resumed_skipped_and_reported(tmp_path, capsys):
     assert {k: r["resumed_at_epoch"] for k, r in finished.items()} == {
         "case=baseline,seed=0": None, "case=baseline,seed=1": None, KILLED: 1, "case=case1,seed=1": None}
     history = (sweep / f"{KILLED}{EPOCHS}" / "history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]  # each epoch once: not restarted
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]  # each epoch once: not restarted
     assert [records[f"case=custom,seed={s}"]["status"] for s in (0, 1)] == ["failed", "failed"]
 
     # 3. The report: baseline and case1 with n=2, mean and sample std of the runs' test errors.
@@ -250,3 +252,36 @@ def test_sweep_is_killed_resumed_skipped_and_reported(tmp_path, capsys):
         assert matplotlib.image.imread(sweep / name).shape[2] in (3, 4)
     assert list((sweep / "tb").glob("events.out.tfevents.*"))
 
+
+
+def test_each_ad_hoc_sweep_command_has_its_own_folder_named_by_its_overrides():
+    """Issue 36 §2: a folder per distinct command (not per time), the same one for the same command. (compose()
+    takes no sweep values; the slow test below runs real sweeps.)"""
+    folder = lambda *o: compose_with_hydra(list(o)).hydra.sweep.dir  # noqa: E731
+    first = folder("case=case1", "seed=0", "trainer.max_epochs=3")
+    assert first.startswith("outputs/sweeps/case=case1_seed=0_trainer.max_epochs=3-")
+    assert folder("seed=0", "trainer.max_epochs=3", "case=case1") == first  # order of the words
+    assert folder("case=case1", "seed=0", "trainer.max_epochs=3", "threads=2",
+                  "dataset.data_dir=../shared/data") == first  # how and where to run: the same folder, it resumes
+    assert folder("case=case1", "seed=0", "trainer.max_epochs=3", "optimizer.lr=0.1") != first
+    assert folder() == "outputs/sweeps/multirun"
+    assert compose_with_hydra(["experiment=smoke"]).hydra.sweep.dir == "outputs/sweeps/smoke"  # presets name theirs
+
+
+@pytest.mark.slow
+def test_two_ad_hoc_sweeps_land_in_two_folders_and_the_same_command_resumes_its_own(tmp_path):
+    """The folder of a real ``-m`` run: every job of a command in one folder (the jobs' configs reuse the sweep's
+    name rather than deriving one from their own overrides), another command in another."""
+    def sweep(*overrides):
+        command = [sys.executable, "-m", "src.train", "-m", "case=baseline,case1", "trainer.max_epochs=1",
+                   "+trainer.limit_train_batches=2", "+trainer.limit_test_batches=2", *overrides]
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+    sweep()
+    sweep("optimizer.lr=0.1")
+    folders = sorted(p.name for p in (tmp_path / "outputs" / "sweeps").iterdir())
+    assert len(folders) == 2 and all(len(list((tmp_path / "outputs" / "sweeps" / f).glob("*/metrics.json"))) == 2
+                                     for f in folders)
+    assert "2 skipped" in sweep("threads=1")  # the first command again: its own folder, nothing run twice
+    assert len(list((tmp_path / "outputs" / "sweeps").iterdir())) == 2

@@ -254,12 +254,15 @@ def resolve_case(case: Mapping, cases: Mapping[str, Case], class_names: Sequence
 
 def evaluation_tree(name: Optional[str], cases: Mapping[str, Case], case: Optional[Case],
                     dataset_tree: Optional[ClassTree] = None) -> Optional[ClassTree]:
-    """The tree the hierarchy metrics score every run against (``eval.hierarchy``): ``default`` is the dataset's
-    own tree (CIFAR-100's five levels), else its case1, else the run's own case (a custom one), else none;
+    """The tree the hierarchy metrics score every run against (``eval.hierarchy``): ``default`` is the run's own
+    tree when it gave one (``case=custom``: a thesis on its own hierarchy is scored on it), else the dataset's
+    own tree (CIFAR-100's five levels), else its case1, else the run's case, else none;
     ``proxydr`` ProxyDR's CIFAR-100 tree (3 / 7 / 20 groups); ``custom`` / ``random`` the run's custom / random tree (``case=random``: ``src.data.random_tree``); a case name of the dataset its tree; null none."""
     if name is None:
         return None
     if name == "default":
+        if case is not None and case.name == "custom":
+            return case.tree
         if dataset_tree is not None:
             return dataset_tree
         if "case1" in cases:

@@ -192,7 +192,9 @@ class TestProtocols(pl.Callback):
         distance = getattr(pl_module.method, "distance", "euc")
         self.record = evaluation_record(matrices, self.table, self.metrics_protocol, vectors, self.hierarchy, distance)
         self.record["test_error_masked"] = {name: error(confusions[f"masked/{name}"]) for name in self.masked}
-        self.record.update(eval_hierarchy=self.table, inferred_rule=self.inferred_rule)
+        # metrics_protocol: the predictions behind top{k}_acc, ece and the mistake metrics (test_acc is the oracle's)
+        self.record.update(eval_hierarchy=self.table, inferred_rule=self.inferred_rule,
+                           metrics_protocol=self.metrics_protocol)
         if scored:
             self.record.update(mistakes.compute())
         for key, value in self.record.items():

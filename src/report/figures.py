@@ -35,6 +35,8 @@ def read_history(run_dir: Path) -> dict[str, np.ndarray]:
         with open(run_dir / "history.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         epochs = [int(r["epoch"]) for r in rows]
+        if epochs and min(epochs) >= 1:  # counted from 1 (since issue 36); a run's history starts at its first epoch
+            epochs = [e - 1 for e in epochs]
         columns = {}
         for key in (rows[0] if rows else {}):
             values = np.full(max(epochs) + 1, np.nan)
@@ -246,6 +248,9 @@ def deltas_figure(dataset: str, depth, settings: str, rows: list[dict]):
         if paper is not None and not math.isnan(paper):
             ax.plot(paper, y, "kx", ms=7, label="paper Δ (Table 2)" if "paper Δ (Table 2)" not in
                     ax.get_legend_handles_labels()[1] else None)
+            if r.get("paper_differs"):  # the runs leave the paper's recipe: say how, at its marker
+                ax.annotate(f"paper ≠ {r['paper_differs']}", (paper, y), xytext=(4, -9), textcoords="offset points",
+                            fontsize=7, color="0.3")
     ax.axvline(0, color="0.3", lw=1)
     ax.set_yticks(range(len(rows)), labels)
     ax.set_ylim(len(rows) - 0.5, -0.5)

@@ -18,3 +18,20 @@ PAPER_DEPTH = {"mnist": 10, "svhn": 28, "cifar10": 28}
 # Figures of the paper per dataset: (loss per epoch, auxiliary scores).
 PAPER_FIGURES = {"mnist": ("Fig. 2", "Fig. 3"), "svhn": ("Fig. 4", "Fig. 5"), "cifar10": ("Fig. 6", "Fig. 7")}
 
+# The recipe of Table 2 where a run's record or config shows it (conf/preset_base/paper_recipe.yaml sets the same;
+# tests/report/test_paper_gap.py checks they agree): 250 epochs, no validation split.
+PAPER_EPOCHS = 250
+PAPER_VAL_SIZE = 0
+
+
+def paper_gap(epochs: list, val_sizes: list) -> str:
+    """What the counted runs of a row do differently from Table 2's recipe, for the flag beside the paper's
+    numbers: ``1 of 250 epochs``, ``val_size 0.1 (paper 0)``; "" when nothing differs (or nothing is known)."""
+    gaps = []
+    epochs = sorted({e for e in epochs if isinstance(e, int)})
+    if epochs and epochs != [PAPER_EPOCHS]:
+        gaps.append(f"{'/'.join(map(str, epochs))} of {PAPER_EPOCHS} epochs")
+    shown = sorted({str(v) for v in val_sizes if v is not None})
+    if shown and shown != [str(PAPER_VAL_SIZE)]:
+        gaps.append(f"val_size {'/'.join(shown)} (paper {PAPER_VAL_SIZE})")
+    return "; ".join(gaps)

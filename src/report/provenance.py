@@ -112,7 +112,7 @@ def footnote(r: dict) -> str:
             "".join(f"\n  - {line}" for line in r[COLUMN].split(SEPARATOR)))
 
 
-def refuse_mixed(rows: list[dict]) -> Optional[str]:
+def refuse_mixed_provenance(rows: list[dict]) -> Optional[str]:
     """``--strict``: the one-line reason to refuse the report, or None when no row mixes provenance."""
     mixed = [r for r in rows if r.get(COLUMN)]
     if not mixed:

@@ -226,9 +226,10 @@ def question_tables(rows: list[dict], methods: bool, extra: Optional[list[Table]
     error = ("oracle test error % (mean ± std, n)" if methods else "test error % (mean ± std, n)", error_cell)
     delta = ("Δ vs baseline [95 % CI]", lambda r: delta_cell(r, "delta_vs_baseline", "delta", ""))
     fair = ("fair Δ [95 % CI]", lambda r: delta_cell(r, "fair_delta", "fair_delta", "fair_"))
-    paper = [("paper", lambda r: fmt(r["paper_test_error"], r["paper_test_error_std"])
+    paper = [("paper", lambda r: fmt(r["paper_test_error"], r["paper_test_error_std"]) + differs(r)
               if r["paper_test_error"] is not None else ""),
-             ("paper Δ", lambda r: signed(r["paper_delta_vs_baseline"]))]
+             ("paper Δ", lambda r: signed(r["paper_delta_vs_baseline"]) + differs(r)
+              if r["paper_delta_vs_baseline"] is not None else "")]
     flags = ("flags", lambda r: r["flags"])
     tables = build(HELP, rows, ident, [error, delta] + ([] if methods else paper) + [fair, flags], keep_empty=1,
                    footnote=help_footnote)
@@ -249,6 +250,11 @@ def question_tables(rows: list[dict], methods: bool, extra: Optional[list[Table]
 
 def _escape(text: str) -> str:
     return str(text).replace("|", "\\|")
+
+
+def differs(row: dict) -> str:
+    """The flag beside the paper's numbers when the row's runs leave its recipe: `` ≠ 1 of 250 epochs``."""
+    return f" ≠ {row['paper_differs']}" if row.get("paper_differs") else ""
 
 
 def markdown_table(table: Table) -> list[str]:

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from src.report.paper import PAPER_TABLE2
+from src.report.paper import PAPER_TABLE2, paper_gap
 from src.report.runs import DEFAULT_POSITION, Group, natural
 from src.report.stats import Comparison, compare, holm, seeds_needed, t_interval, verdict
 
@@ -134,7 +134,9 @@ def table_rows(groups: list[Group], alpha: float = ALPHA) -> list[dict]:
                "delta_vs_baseline": delta.delta if delta else math.nan, **_statistics("delta", delta),
                "delta_p_holm": None, "verdict": "", "seeds_needed": None, "test": delta.test if delta else "",
                "paper_test_error": paper_mean, "paper_test_error_std": paper_std,
-               "paper_delta_vs_baseline": paper_delta}
+               "paper_delta_vs_baseline": paper_delta,
+               "paper_differs": "" if paper_mean is None else paper_gap(
+                   [r.record.get("epochs") for r in g.finished], [(r.config or {}).get("dataset.val_size") for r in g.finished])}
         for name in present:
             row[f"{name}_mean"], row[f"{name}_std"], _ = g.stats(name)
         row.update({"fair_delta": fair.delta if fair else math.nan, **_statistics("fair_delta", fair),

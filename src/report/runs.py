@@ -216,8 +216,14 @@ def merge_eval(run: Run) -> bool:
         raise ValueError(f"cannot read eval.json: {e}") from None
     if not isinstance(fields, dict):
         raise ValueError("eval.json holds no JSON object")
+    fields = {LEGACY_EVAL_KEYS.get(k, k): v for k, v in fields.items()}
     run.record = {**run.record, **{k: v for k, v in fields.items() if k != "status"}}
     return True
+
+
+# eval.json keys of runs already on disk -> today's names: an eval.json written before issue 36 gave its own time as
+# duration_s, which replaced the training run's.
+LEGACY_EVAL_KEYS = {"duration_s": "eval_duration_s"}
 
 
 def load_runs(sweep_dirs: list[Path]) -> list[Run]:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95  # the field's t-based 95 % intervals over seeds (e.g. HAFrame, ICCV 2023)
 POWER = 0.8
@@ -51,6 +50,8 @@ def _spread_why(values: np.ndarray) -> str:
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
     """Mean and Student-t interval: mean ± t_{(1+c)/2, n−1} · s/√n, s the sample std (ddof=1)."""
+    from scipy import stats  # here: scipy takes a second to import, and src.report --help needs none
+
     x = np.asarray(values, dtype=np.float64)
     why = _spread_why(x)
     if why:
@@ -69,6 +70,8 @@ def compare(a: Pairs, b: Pairs, confidence: float = CONFIDENCE) -> Optional[Comp
     """a − b over seeds. Same seeds: the paired t-test (``ttest_rel``) and the t-interval of the per-seed
     differences. Otherwise Welch's test (``ttest_ind(equal_var=False)``) and the Welch–Satterthwaite interval.
     None if a side is empty."""
+    from scipy import stats  # here: scipy takes a second to import, and src.report --help needs none
+
     if not a or not b:
         return None
     if paired(a, b):
@@ -123,6 +126,8 @@ def power(delta: float, sd: float, n: Union[int, np.ndarray], alpha: float) -> n
     """Power of the two-sided paired t-test at n seeds when the true mean difference is ``delta`` and one
     seed's difference has standard deviation ``sd``: P(|T| > t_{1−α/2, n−1}), T ~ noncentral t with
     n − 1 degrees of freedom and noncentrality δ√n/σ."""
+    from scipy import stats  # here: scipy takes a second to import, and src.report --help needs none
+
     n = np.asarray(n, dtype=np.float64)
     df, nc = n - 1, delta / sd * np.sqrt(n)
     critical = stats.t.ppf(1 - alpha / 2, df)

@@ -21,10 +21,12 @@ from typing import Optional
 
 from src.run.errors import exit_code
 from src.report.figures import write_figures
+from src.report.mixed import mixed_notes, refuse_mixed_sweeps
+from src.report.export import latex, method_label, write_long_csv
 from src.report.paper import PAPER_DEPTH
 from src.report.control import add_tree_columns, tree_tables
 from src.report.page import page
-from src.report.provenance import add_provenance, refuse_mixed
+from src.report.provenance import add_provenance, refuse_mixed_provenance
 from src.report.questions import Table, question_tables
 from src.report.questions import markdown as questions_markdown
 from src.report.tradeoff import write_tradeoff
@@ -122,6 +124,7 @@ def _notes(rows: list[dict], runs: list[Run], methods: bool, alpha: float) -> li
                   "(no hint); severity and HD@k in LCA heights (lower = better mistakes); ECE a fraction."]
     if methods:
         notes += [""] + [f"- {n}" for n in METHOD_NOTES]
+    notes += [line for n in mixed_notes(runs) for line in ("", n)]
     evaluated = sum(r.evaluated for r in runs if r.finished)
     if evaluated:
         notes += ["", f"{evaluated} counted runs have an eval.json (python -m src.eval): its metrics replace "
@@ -142,21 +145,24 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writeheader()
         for r in rows:
             writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
-                             for k, v in r.items()})
+                             for k, v in {**r, **dict(zip(("method", "position"), method_label(r)))}.items()})
 
 
-def report(sweep_dirs: list[Path], out: Optional[Path] = None, alpha: float = ALPHA, strict: bool = False) -> dict:
+def report(sweep_dirs: list[Path], out: Optional[Path] = None, alpha: float = ALPHA, strict: bool = False,
+           fmt: str = "markdown") -> dict:
     """Write table.md, table.csv and the figures to ``out`` (default: the sweep dir, or the common parent
     of several). Returns {"rows", "markdown", "figures"}. ``strict``: refuse (ReportError, nothing written)
     where the report would flag a row's mixed provenance (``src.report.provenance``)."""
     if not 0 < alpha < 1:
         raise ReportError(f"--alpha must lie between 0 and 1, not {alpha:g}")
     runs = load_runs(sweep_dirs)
+    if strict:
+        refuse_mixed_sweeps(runs)
     groups = group_runs(runs)
     rows = table_rows(groups, alpha)
     add_tree_columns(groups, rows, alpha)
     add_provenance(groups, rows)
-    if strict and (why := refuse_mixed(rows)):
+    if strict and (why := refuse_mixed_provenance(rows)):
         raise ReportError(why)
     if out is None:
         out = sweep_dirs[0] if len(sweep_dirs) == 1 else Path(
@@ -167,9 +173,13 @@ def report(sweep_dirs: list[Path], out: Optional[Path] = None, alpha: float = AL
     md = markdown(rows, runs, methods, alpha)
     (out / "table.md").write_text(md)
     write_csv(rows, out / "table.csv")
+    write_long_csv(rows, out / "table_long.csv")
+    if fmt == "latex":
+        (out / "table.tex").write_text(latex(shown))
     figures = write_figures(groups, rows, out, md) + write_tradeoff(groups, out)
     (out / "report.html").write_text(page(shown, figures, sweep_dirs, runs, notes), encoding="utf-8")
-    return {"rows": rows, "markdown": md, "figures": figures, "out": out}
+    return {"rows": rows, "markdown": md, "figures": figures, "out": out,
+            "latex": latex(shown) if fmt == "latex" else None}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -181,14 +191,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--alpha", type=float, default=ALPHA,
                         help=f"family-wise error rate of the verdicts, Holm-corrected per table (default {ALPHA})")
     parser.add_argument("--strict", action="store_true",
-                        help="refuse (exit 1, nothing written) instead of flagging: a row whose runs mix provenance")
+                        help="refuse (exit 1, nothing written) instead of flagging: a row whose runs mix provenance, "
+                             "or a folder holding runs of different sweep commands")
+    parser.add_argument("--format", choices=("markdown", "latex"), default="markdown",
+                        help="what is printed; latex also writes table.tex (booktabs, one table per question)")
     args = parser.parse_args(argv)
     try:
-        result = report(args.sweep_dirs, args.out, args.alpha, args.strict)
+        result = report(args.sweep_dirs, args.out, args.alpha, strict=args.strict, fmt=args.format)
     except Exception as e:
         return exit_code(e)
-    print(result["markdown"])
-    print(f"wrote {result['out'] / 'report.html'}, table.md, table.csv and {len(result['figures'])} figures "
+    print(result["latex"] or result["markdown"])
+    print(f"wrote {result['out'] / 'report.html'}, table.md, table.csv, table_long.csv{', table.tex' * bool(result['latex'])} and {len(result['figures'])} figures "
           f"({', '.join(p.name for p in result['figures'])}); TensorBoard: .venv/bin/tensorboard --logdir {result['out'] / 'tb'}")
     return 0
 

@@ -9,11 +9,12 @@ conf/dataset/<name>.yaml name their schema first in their defaults list.
 """
 import difflib
 import inspect
+import logging
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra.utils import get_class
+from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src.run.errors import ConfigError
@@ -70,11 +71,26 @@ def _known_keys(node: DictConfig, schema: type) -> list[str]:
 
         known += sorted(_arguments(pl.Trainer) - set(known))
     elif issubclass(schema, DatasetConfig) and isinstance(node.get("_target_"), str):
-        try:
-            known += sorted(_arguments(get_class(node._target_)) - set(known))
-        except Exception:  # an unknown _target_ is reported by instantiate, with its own message
-            pass
+        target = _target_class(node._target_)
+        if target is not None:
+            known += sorted(_arguments(target) - set(known))
     return known
+
+
+def _target_class(path: str) -> Optional[type]:
+    """The class a ``_target_`` names; None for a factory function (``dataset=folder``'s) or an unknown path,
+    which instantiate reports with its own message. Not ``hydra.utils.get_class``: it logs an ERROR line
+    ("Error getting class at ...") before raising, a false error on every folder run; ``get_object`` logs one
+    for an unknown path, hence its logger muted here."""
+    hydra_log = logging.getLogger("hydra.utils")
+    level, hydra_log.level = hydra_log.level, logging.CRITICAL
+    try:
+        target = get_object(path)
+    except Exception:
+        return None
+    finally:
+        hydra_log.setLevel(level)
+    return target if isinstance(target, type) else None
 
 
 def did_you_mean(key: str, known: list[str], prefix: str = "") -> str:

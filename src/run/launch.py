@@ -11,6 +11,7 @@
   run dir (Lightning's own re-runs ``sys.argv``, which in a multirun is the whole sweep).
 """
 import contextlib
+import difflib
 import logging
 import os
 import re
@@ -26,15 +27,11 @@ from hydra.errors import HydraException, OverrideParseException
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pytorch_lightning.strategies.launchers import subprocess_script
 
 from src.run.config import did_you_mean, schema_keys
 from src.run.errors import ConfigError, exit_code, user_error
-from src.run.console import python_command, quiet, shown, to_log_file
 from src.run.lock import RunLocked, run_lock
 from src.run.records import is_rank_zero, record_failure
-from src.run.signals import stop_on_signal
-from src.run.summary import summary_line
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +63,14 @@ def quoted(value: str) -> str:
     return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
 
 
-subprocess_script._hydra_subprocess_cmd = ddp_child_command
+def patch_lightning() -> None:
+    """Lightning's DDP children get this job's command; called when a job starts (Lightning is imported only
+    by runs that train: --help and --cfg answer without it)."""
+    from pytorch_lightning.strategies.launchers import subprocess_script
+
+    subprocess_script._hydra_subprocess_cmd = ddp_child_command
+
+
 # Under DDP Lightning asks for sync_dist=True on every epoch-level log. Every value logged here is already
 # over all ranks: torchmetrics' compute() syncs, the auxiliary statistics are reduced in
 # HALModule._log_epoch, TestProtocols passes over the whole test set. Averaging equal values again is a no-op.
@@ -96,14 +100,30 @@ def hydra_error(error: BaseException) -> Optional[ConfigError]:
         return ConfigError(f"{key}: {first}" + (f" ({hint})" if hint else ""))
     if isinstance(error, OverrideParseException) or "Could not find" not in str(error):
         return ConfigError(first)
-    # An unknown group option: Hydra's message lists the options (its search path is left out).
-    return ConfigError(str(error).split("Config search path")[0].strip())
+    return missing_option(str(error))
+
+
+def missing_option(message: str) -> ConfigError:
+    """An unknown group option (``method=focl``) in one line: the closest option, and all of them, from Hydra's
+    message ("Could not find 'method/focl'", then "Available options in 'method':" one per line)."""
+    found = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
+    options = [o for o in re.findall(r"^\t(\S+)$", message.split("Config search path")[0], flags=re.M)
+               if o != "base" and not o.startswith("base_")]  # the typed bases every option extends
+    if found is None or not options:
+        return ConfigError(" ".join(message.split("Config search path")[0].split()))
+    group, name = found.groups()
+    close = difflib.get_close_matches(name, options, n=1)
+    guess = f"did you mean {group}={close[0]}? " if close else ""
+    return ConfigError(f"{group}={name} is not an option of {group}/ ({guess}options: {', '.join(options)})")
 
 
 def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:
     """``train(cfg, run_dir, callbacks)`` for the job Hydra composed, as ``@hydra.main`` runs it; its summary
     line at the end (src/run/summary.py)."""
+    from src.run.console import quiet
+
     entered()
+    patch_lightning()
     quiet()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -122,6 +142,10 @@ def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:
 
 
 def _run_locked(train: Callable[..., dict], cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
+    from src.run.console import to_log_file
+    from src.run.signals import stop_on_signal
+    from src.run.summary import summary_line
+
     try:
         with stop_on_signal(run_dir, cfg, resume_hint(cfg, run_dir, multirun)) as guard:
             record = train(cfg, run_dir, callbacks=[guard.callback()])
@@ -152,6 +176,8 @@ def resume_hint(cfg: DictConfig, run_dir: Path, multirun: bool) -> str:
 
 def resume_command(run_dir: Path) -> str:
     """This job's command line again (interpreter, config dir flags, overrides), in ``run_dir``."""
+    from src.run.console import python_command, shown
+
     overrides = [*HydraConfig.get().overrides.task, f"hydra.run.dir={shown(run_dir)}"]
     return " ".join([python_command(), "-m", "src.train", *map(shlex.quote, config_flags() + overrides)])
 

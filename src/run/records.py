@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO
 
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +29,8 @@ METRICS = "metrics.json"
 
 
 def is_rank_zero() -> bool:
+    from pytorch_lightning.utilities import rank_zero_only  # here: src.report and --help need no Lightning
+
     return rank_zero_only.rank == 0
 
 

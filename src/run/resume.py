@@ -59,13 +59,16 @@ class EpochHistory(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.rows = list(state_dict["rows"])
-        # The checkpoint holds the rows of every epoch it has trained: training goes on after the last.
-        self.resumed_at_epoch = self.rows[-1]["epoch"] + 1 if self.rows else 0
+        if self.rows and self.rows[0]["epoch"] == 0:  # a checkpoint from before epochs were counted from 1
+            self.rows = [{**r, "epoch": r["epoch"] + 1} for r in self.rows]
+        # The checkpoint holds the rows of every epoch it has trained: training goes on after the last
+        # (resumed_at_epoch is Lightning's 0-based index of the next epoch: the count of epochs done).
+        self.resumed_at_epoch = self.rows[-1]["epoch"] if self.rows else 0
 
     def _record(self, trainer: pl.Trainer) -> None:
         if self.ended_epoch is None:
             return
-        self.rows.append({"epoch": self.ended_epoch,
+        self.rows.append({"epoch": self.ended_epoch + 1,  # counted from 1, as the console's "epoch 1/30"
                           **{k: float(v) for k, v in sorted(trainer.callback_metrics.items())}})
         self.ended_epoch = None
         fields = list(dict.fromkeys(k for r in self.rows for k in r))

@@ -99,7 +99,7 @@ def test_two_epoch_run_logs_six_probe_columns_per_epoch(tmp_path):
     record, rows = _run(tmp_path, "run", ["trainer.max_epochs=2", "trainer.enable_checkpointing=true"],
                           [probes, logged])
     assert record["status"] == "finished" and probes.split == "validation"
-    assert [float(r["epoch"]) for r in rows] == [0, 1]
+    assert [float(r["epoch"]) for r in rows] == [1, 2]  # counted from 1, like the console
     # Each epoch's values land in that epoch's history row.
     for row, values in zip(rows, logged.epochs):
         assert {c: float(row[c]) for c in COLUMNS} == pytest.approx(values)

@@ -52,10 +52,11 @@ def test_table_has_mean_sample_std_change_vs_baseline_paper_values_and_flags(mni
     welch = stats.ttest_ind([0.5, 0.6, 0.4], [1.0, 1.1, 0.9, 1.2, 0.8], equal_var=False)  # seeds 0-2 vs 0-4
     ci = welch.confidence_interval(0.95)
     delta = f"−0.50 [{ci.low:+.2f}, {ci.high:+.2f}] ✓ better".replace("-", "−")  # p, Holm, test: a footnote line
-    assert (f"| mnist | 10 | case1 | 0.50 ± 0.10 (n=3) | {delta} | 0.43 ± 0.03 | −0.50 | n<5; 1 failed; "
+    assert (f"| mnist | 10 | case1 | 0.50 ± 0.10 (n=3) | {delta} | 0.43 ± 0.03 ≠ 3 of 250 epochs | "
+            "−0.50 ≠ 3 of 250 epochs | n<5; 1 failed; "
             "1 unfinished |") in md  # no block run has a masked error: no fair Δ column
     assert f"- mnist 10 case1: Δ p={welch.pvalue:.3g}, Holm {welch.pvalue:.3g}, welch; {UNTUNED}\n" in md
-    assert "| mnist | 10 | baseline | 1.00 ± 0.16 (n=5) |  | 0.93 |  |  |" in md
+    assert "| mnist | 10 | baseline | 1.00 ± 0.16 (n=5) |  | 0.93 ≠ 3 of 250 epochs |  |  |" in md  # write_run: 3
     assert "## Without the hint?\n\n| dataset | depth | case | inferred % |\n|---|---|---|---|\n" \
            "| mnist | 10 | case1 | 0.80 ± 0.10 |\n\n" in md  # the baseline has no inferred error: no row
     assert "ddof=1" in md

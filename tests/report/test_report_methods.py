@@ -80,7 +80,7 @@ def test_plain_hal_sweeps_keep_the_paper_table(tmp_path):
     assert md.startswith("## Does it help?\n\n| dataset | depth | case | test error % (mean ± std, n) | Δ vs baseline "
                          "[95 % CI] | paper | paper Δ | fair Δ [95 % CI] | flags |")
     # The Table 2 layout has the fair yardstick too; one seed on each side: no interval and no p.
-    assert ("| mnist | 10 | case1 | 0.50 (n=1) | −0.50 no evidence | 0.43 ± 0.03 | −0.50 "
+    assert ("| mnist | 10 | case1 | 0.50 (n=1) | −0.50 no evidence | 0.43 ± 0.03 ≠ 3 of 250 epochs | −0.50 ≠ 3 of 250 epochs "
             "| +0.10 no evidence |") in md  # 0.5 − the baseline's masked case1 0.4
     assert "- mnist 10 case1: Δ no p; fair Δ no p" in md
     assert "| mnist | 10 | baseline | case1 0.40; case2 0.50; case3 0.60; case4 0.70 |" in md

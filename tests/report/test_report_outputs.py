@@ -39,7 +39,7 @@ def test_tables_and_settings_are_not_averaged_and_mapped_metrics_say_what_they_a
     header = (sweep / "table.csv").read_text().splitlines()[0].split(",")
     assert not [c for c in header if c.startswith(("eval_hierarchy", "superclasses", "seeds.", "resumed_at_epoch",
                                                    "seed_", "depth_", "epochs_", "position_", "hierarchy_name"))]
-    row = _rows(sweep)["hal", "baseline"]
+    row = _rows(sweep)["baseline", "baseline"]
     assert float(row["per_superclass_error.classes_5-6-7-8-9_mean"]) == pytest.approx(3.5)
     assert float(row["hierarchical_distance@1_mean"]) == pytest.approx(1.0)
     assert float(row["level_acc.fine_std"]) == pytest.approx(np.std([90.0, 91.0], ddof=1))
@@ -56,7 +56,7 @@ def test_eval_json_replaces_metric_fields_but_not_the_status(tmp_path):
     broken = write_run(sweep, "broken", dataset="digits", case="baseline", seed=3, test_error=2.0)
     (broken / "eval.json").write_text("{trunc")
     assert main([str(sweep)]) == 0
-    row = _rows(sweep)["hal", "baseline"]
+    row = _rows(sweep)["baseline", "baseline"]
     assert row["n"] == "2" and float(row["test_error_mean"]) == pytest.approx(1.5)
     assert float(row["ece_mean"]) == pytest.approx(0.3)
     md = (sweep / "table.md").read_text()

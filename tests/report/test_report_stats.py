@@ -77,7 +77,7 @@ def test_paired_rows_use_the_per_seed_differences_and_unpaired_rows_welch(tmp_pa
     assert float(heads["delta_p"]) == pytest.approx(stats.ttest_ind(mine, BASE, equal_var=False).pvalue)
     assert float(heads["delta_p"]) == pytest.approx(2 * stats.t.sf(abs(delta) / math.sqrt(va + vb), df))
     assert float(heads["fair_delta_p"]) == pytest.approx(stats.ttest_ind(mine, MASKED, equal_var=False).pvalue)
-    assert rows["hal", "baseline"]["test"] == "" and rows["hal", "baseline"]["delta_p"] == ""
+    assert rows["baseline", "baseline"]["test"] == "" and rows["baseline", "baseline"]["delta_p"] == ""
 
 
 def test_one_seed_and_zero_variance_give_empty_cells_and_a_flag_two_seeds_give_scipy_values(tmp_path):

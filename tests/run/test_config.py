@@ -1,5 +1,6 @@
 """Range checks on real composed configs, the typed schema against every dataset's config, and the
 command line's one-line errors."""
+import logging
 import os
 import subprocess
 import sys
@@ -144,3 +145,13 @@ def test_compose_works_after_any_import_of_src():
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and proc.stdout.strip() == "7", proc.stderr[-1500:]
+
+
+@pytest.mark.parametrize("target", ["src.data.folder_stream.folder_datamodule", "src.data.no_such_module.Nothing"])
+def test_a_folder_run_checks_its_keys_without_a_stray_error_line(target, caplog):
+    """Issue 36 §5: Hydra's get_class logs "Error getting class at ..." at ERROR before it raises; a folder run's
+    _target_ is a factory function, so every folder run printed that false error first."""
+    cfg = compose_cfg(["dataset=folder", "case=custom", f"dataset._target_={target}"])
+    with caplog.at_level(logging.DEBUG):
+        check_config(cfg)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -130,7 +130,7 @@ def test_sigterm_stops_the_real_run_and_a_rerun_resumes(tmp_path):
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "finished" and record["resumed_at_epoch"] >= 1
     with open(run_dir / "history.csv") as f:  # each epoch once
-        assert [int(line.split(",")[0]) for line in f.read().splitlines()[1:]] == list(range(6))
+        assert [int(line.split(",")[0]) for line in f.read().splitlines()[1:]] == list(range(1, 7))  # counted from 1
 
 
 class _SignalAtTestBatch(pl.Callback):
