@@ -121,7 +121,9 @@ def test_every_typo_and_bad_value_is_one_line_naming_the_key(override, key, tmp_
 def test_unknown_group_options_are_refused_listing_the_options(override, option, tmp_path):
     proc = run_cli(override, tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith(f"error: In 'config': Could not find '{option}'") and "Available options" in proc.stderr
+    key, value = override.split("=")
+    assert proc.stderr.startswith(f"error: {override} is not an option of {key}/") and "options:" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "run").exists()
 
 
