@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.evaluation.callbacks import AuxiliaryScores, DiscoveryInputs, PerEpochTestLoss, TestProtocols, Throughput
 from src.run.config import check_config
+from src.run.resources import check_hardware
 from src.run.console import EpochLines, progress_bar
 from src.data.superclasses import dataset_cases, evaluation_tree, resolve_case
 from src.run.errors import ConfigError
@@ -93,6 +94,7 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     """
     run_dir = Path(run_dir)
     check_config(cfg)
+    check_hardware(cfg)  # trainer.accelerator=gpu without one: one line, not Lightning's traceback
     previous = finished_record(run_dir)
     if previous is not None:
         return previous

@@ -63,14 +63,19 @@ class Worker:
         self.jobs.close()
 
 
-def start_worker(gpus: tuple, machine: Machine, side_by_side: int) -> Worker:
-    read_jobs, write_jobs = os.pipe()
-    read_answers, write_answers = os.pipe()
+def worker_env(gpus: tuple, machine: Machine, side_by_side: int) -> dict:
     env = {**os.environ, DIE_WITH_PARENT: "1", SIDE_BY_SIDE: str(side_by_side)}
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus)
     elif machine.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU job (trainer.accelerator=cpu) leaves the GPUs to the others
+    return env
+
+
+def start_worker(gpus: tuple, machine: Machine, side_by_side: int) -> Worker:
+    read_jobs, write_jobs = os.pipe()
+    read_answers, write_answers = os.pipe()
+    env = worker_env(gpus, machine, side_by_side)
     # Its own session: Ctrl-C in the terminal reaches the launcher alone, which passes it on exactly once.
     process = subprocess.Popen([sys.executable, "-m", "src.run.worker", str(read_jobs), str(write_answers)],
                                pass_fds=(read_jobs, write_answers), env=env, start_new_session=True)

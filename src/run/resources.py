@@ -177,3 +177,14 @@ def visible_devices(gpus: Sequence[int]) -> str:
     outer = os.environ.get("CUDA_VISIBLE_DEVICES")
     names = [d.strip() for d in outer.split(",")] if outer else None
     return ",".join(names[g] if names and g < len(names) else str(g) for g in gpus)
+
+
+def auto_workers(cfg: DictConfig, most: int) -> tuple[int, str]:
+    """``tune.n_jobs=auto``: the rule of ``auto_jobs`` for one process's workers (at most ``most``), shared with
+    the jobs the local launcher runs beside this one (``HAL_JOBS_SIDE_BY_SIDE``: one study per arm at once)."""
+    machine = this_machine()
+    n, line = auto_jobs(needs_of([cfg], machine), machine, most)
+    side_by_side = int(os.environ.get("HAL_JOBS_SIDE_BY_SIDE", 1))
+    if side_by_side > 1:
+        n, line = max(1, n // side_by_side), f"{line}; ÷ {side_by_side} jobs side by side: {max(1, n // side_by_side)}"
+    return n, line
