@@ -146,7 +146,8 @@ class Pool:
             answer = {"outcome": "interrupted" if self.stopping else "failed", "record": {}, "stop": True,
                       "error": f"its worker process died ({'signal ' + signal.Signals(-code).name if code < 0 else f'exit status {code}'})"}
         job.outcome, job.record = answer["outcome"], answer["record"] or job.record
-        if answer["stop"]:
+        # A DDP job's worker is not reused: the ranks Lightning started for it are gone, its process group is not.
+        if answer["stop"] or devices_of(job.config.trainer) > 1:
             self.workers.remove(worker)
             worker.close()
             worker.process.wait()

@@ -130,14 +130,14 @@ def test_sigint_stops_every_running_job_at_a_safe_point_and_the_rerun_resumes_th
     # Bug this catches: a launcher that dies on Ctrl-C without passing it on (its jobs record nothing, or
     # keep running), or one that passes it twice (the jobs stop at once, mid-step).
     target = tmp_path / "sweep"
-    args = ["case=case1,case2", "seed=0", "trainer.max_epochs=6", "hydra.launcher.n_jobs=2"]
+    args = ["case=case1,case2", "seed=0", "trainer.max_epochs=40", "hydra.launcher.n_jobs=2"]
     proc = sweep(target, *args, background=True)
     assert wait_for(lambda: len(checkpointed(target)) == 2), console(target)[-3000:]
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, console(target)[-3000:]
     text = console(target)
     assert {k: (r["status"], r["signal"]) for k, r in records(target).items()} == {
-        f"case={c},seed=0,trainer.max_epochs=6": ("interrupted", "SIGINT") for c in ("case1", "case2")}, text[-3000:]
+        f"case={c},seed=0,trainer.max_epochs=40": ("interrupted", "SIGINT") for c in ("case1", "case2")}, text[-3000:]
     assert "local: 2 jobs: 0 finished, 0 failed, 2 interrupted, 0 skipped (finished before)" in text
     for job in target.glob("*/train.log"):
         assert "stopped: " in job.read_text()
