@@ -77,7 +77,9 @@ def start_worker(gpus: tuple, machine: Machine, side_by_side: int) -> Worker:
     read_answers, write_answers = os.pipe()
     env = worker_env(gpus, machine, side_by_side)
     # Its own session: Ctrl-C in the terminal reaches the launcher alone, which passes it on exactly once.
-    process = subprocess.Popen([sys.executable, "-m", "src.run.worker", str(read_jobs), str(write_answers)],
+    spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m src.train: src.train
+    process = subprocess.Popen([sys.executable, "-m", "src.run.worker", str(read_jobs), str(write_answers),
+                                spec.name if spec is not None else ""],
                                pass_fds=(read_jobs, write_answers), env=env, start_new_session=True)
     os.close(read_jobs), os.close(write_answers)
     return Worker(process, Connection(write_jobs, readable=False), Connection(read_answers, writable=False), gpus)

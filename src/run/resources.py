@@ -62,10 +62,18 @@ def this_machine() -> Machine:
     return Machine(cores, torch.cuda.device_count(), available_memory(), mps)
 
 
-def devices_of(trainer: DictConfig) -> int:
-    from src import _slurm_tasks
+def device_count(devices) -> int:
+    """The number of devices ``trainer.devices`` names: an integer, "0,1" (two), [0, 1]; 1 for "auto"."""
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, str):
+        parts = [p for p in devices.split(",") if p.strip()]
+        return int(parts[0]) if len(parts) == 1 and parts[0].strip().isdigit() else len(parts) if "," in devices else 1
+    return len(devices)  # a list of device indices
 
-    return _slurm_tasks(trainer.devices)
+
+def devices_of(trainer: DictConfig) -> int:
+    return device_count(trainer.devices)
 
 
 def on_gpu(cfg: DictConfig, machine: Machine) -> bool:

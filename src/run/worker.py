@@ -1,6 +1,6 @@
-"""``python -m src.run.worker IN OUT``: one worker process of ``hydra/launcher=local`` (``src/run/local.py``).
+"""``python -m src.run.worker IN OUT [MODULE]``: one worker process of ``hydra/launcher=local`` (``src/run/local.py``).
 
-It imports the training code once, then runs the jobs the launcher sends on pipe ``IN`` one after another, each
+It imports the launching command's module once (``src.train``), then runs the jobs the launcher sends on pipe ``IN`` one after another, each
 as Hydra's ``run_job`` runs a job of a multirun, and answers each on pipe ``OUT`` with how it ended. While a
 job runs, the worker's stdout and stderr go to the job's log (``<run dir>/train.log``): the terminal shows the
 launcher's lines alone. It dies with the launcher (``die_with_parent``), and stops after a job a signal stopped.
@@ -114,14 +114,17 @@ def run(launcher, overrides: list, index: int, singleton_state: dict, run_dir: s
     return {"outcome": state, "record": record, "error": error, "stop": state == "interrupted"}
 
 
-def main(read_fd: int, write_fd: int) -> None:
+def main(read_fd: int, write_fd: int, preload: str = "") -> None:
+    import importlib
+
     import cloudpickle
     from multiprocessing.connection import Connection
 
     die_with_parent()
     jobs, answers = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     try:
-        import src.train  # noqa: F401  the start-up (torch, Lightning) once per worker, before the first job
+        if preload:  # the launching command's module (src.train): its start-up once per worker, before any job
+            importlib.import_module(preload)
 
         while True:
             message = jobs.recv_bytes()
@@ -136,4 +139,4 @@ def main(read_fd: int, write_fd: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    main(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:])

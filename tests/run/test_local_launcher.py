@@ -21,12 +21,39 @@ TIMING = ("duration_s", "train_images_per_s", "test_images_per_s", "resumed_at_e
 SWEEP = ["experiment=smoke", "trainer.accelerator=cpu", "threads=1"]
 
 
+BARRIER = """
+import pathlib, time
+from hydra.experimental.callback import Callback
+
+class Barrier(Callback):
+    def __init__(self, dir, n):
+        self.dir, self.n = pathlib.Path(dir), n
+
+    def on_job_start(self, config, **kwargs):
+        self.dir.mkdir(exist_ok=True)
+        (self.dir / str(config.hydra.job.num)).touch()
+        deadline = time.time() + 600
+        while len(list(self.dir.iterdir())) < self.n and time.time() < deadline:
+            time.sleep(0.05)
+"""
+
+
+def barrier(tmp_path: Path, n: int) -> list[str]:
+    """Overrides that hold each job at its start until ``n`` jobs have started (a Hydra callback, run in the
+    workers): the jobs then train side by side however long each worker's start-up took on a loaded machine."""
+    (tmp_path / "hooks").mkdir(exist_ok=True)
+    (tmp_path / "hooks" / "barrier.py").write_text(BARRIER)
+    return ["+hydra.callbacks.barrier._target_=barrier.Barrier", f"+hydra.callbacks.barrier.dir={tmp_path / 'started'}",
+            f"+hydra.callbacks.barrier.n={n}"]
+
+
 def sweep(sweep_dir: Path, *args: str, background: bool = False):
     """``python -m src.train -m`` on digits into ``sweep_dir``; its console in ``<sweep_dir>.log``."""
     sweep_dir.parent.mkdir(parents=True, exist_ok=True)
     log = open(f"{sweep_dir}.log", "a")  # a file, not a pipe: a full pipe blocks
     command = [sys.executable, "-m", "src.train", "-m", *SWEEP, *args, f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(sweep_dir.parent / "hooks"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     if not background:
         proc.wait(timeout=600)
     return proc
@@ -98,11 +125,12 @@ def test_results_equal_those_of_the_basic_launcher_one_after_another(tmp_path):
     assert all("epoch 2/2" in (tmp_path / "local" / job / "train.log").read_text() for job in got)
 
 
+@pytest.mark.slow  # two sweeps, four worker start-ups: about 30 s on an idle 2-core VM
 def test_sigkill_of_the_launcher_leaves_no_training_and_the_rerun_trains_only_what_is_missing(tmp_path):
     # Bug this catches: workers without a parent-death signal keep training after the launcher is killed.
     target = tmp_path / "sweep"
     args = ["case=case1,case2", "seed=0", "trainer.max_epochs=40", "hydra.launcher.n_jobs=2"]
-    proc = sweep(target, *args, background=True)
+    proc = sweep(target, *args, *barrier(tmp_path, 2), background=True)
     assert wait_for(lambda: len(checkpointed(target)) == 2), console(target)[-3000:]
     workers = children(proc.pid)
     assert len(workers) == 2, workers
@@ -126,12 +154,13 @@ def test_sigkill_of_the_launcher_leaves_no_training_and_the_rerun_trains_only_wh
     assert json.loads((done / "metrics.json").read_text()) == finished  # untouched
 
 
+@pytest.mark.slow  # two sweeps, four worker start-ups: about 30 s on an idle 2-core VM
 def test_sigint_stops_every_running_job_at_a_safe_point_and_the_rerun_resumes_them(tmp_path):
     # Bug this catches: a launcher that dies on Ctrl-C without passing it on (its jobs record nothing, or
     # keep running), or one that passes it twice (the jobs stop at once, mid-step).
     target = tmp_path / "sweep"
     args = ["case=case1,case2", "seed=0", "trainer.max_epochs=40", "hydra.launcher.n_jobs=2"]
-    proc = sweep(target, *args, background=True)
+    proc = sweep(target, *args, *barrier(tmp_path, 2), background=True)
     assert wait_for(lambda: len(checkpointed(target)) == 2), console(target)[-3000:]
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, console(target)[-3000:]
