@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 
-from src.run.console import shown
+from src.run.console import python_command, shown
 from src.run.errors import ConfigError
 from src.run.jobs import Job, failed_any, plan, summary
 from src.run.resources import (GpuSlots, Machine, auto_jobs, check_hardware, devices_of, needs_of, on_gpu,
@@ -128,11 +128,15 @@ class Pool:
         payload = (self.launcher, job.overrides, job.index, Singleton.get_state(), str(job.run_dir))
         import cloudpickle  # as submitit pickles the launcher into each SLURM job
 
-        worker.jobs.send_bytes(cloudpickle.dumps(payload))
         worker.job, worker.started = job, time.time()
+        worker.jobs.send_bytes(cloudpickle.dumps(payload))
+        if self.stopping:  # the signal came while this job was being handed over
+            worker.signal(self.stopping)
         return True
 
     def retire(self, worker: Worker) -> None:
+        if worker.job is not None:  # only when the launcher itself fails: stop the job rather than wait for it
+            worker.signal(signal.SIGTERM)
         worker.close()
         self.workers.remove(worker)
         worker.process.wait()
@@ -222,7 +226,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         pool.run(todo)
     for job in todo:
         job.outcome = job.outcome or "interrupted"  # never started: a signal came first
-    print(summary(jobs, "local"), file=sys.stderr, flush=True)
+    report = f"report: {python_command()} -m src.report {shown(launcher.config.hydra.sweep.dir)}"
+    print(f"{summary(jobs, 'local')}; {report}", file=sys.stderr, flush=True)
     if pool.stopping:
         raise SystemExit(128 + pool.stopping)
     if failed_any(jobs):

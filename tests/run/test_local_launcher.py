@@ -300,11 +300,15 @@ def test_hardware_check_names_what_was_asked_and_what_runs():
     def cfg(**trainer):
         return OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1, **trainer}})
 
-    one_gpu = Machine(cores=8, gpus=1, available_bytes=None)
+    one_gpu, no_gpu = Machine(cores=8, gpus=1, available_bytes=None), Machine(cores=2, gpus=0, available_bytes=None)
+    with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu asks for a CUDA GPU, and this machine has 2 CPU "
+                                          r"cores, no CUDA GPU: run with trainer.accelerator=cpu$"):
+        check_hardware(cfg(accelerator="gpu"), no_gpu)
     with pytest.raises(ConfigError, match=r"^trainer.devices=4 asks for 4 GPUs, and this machine has 8 CPU cores, "
                                           r"1 CUDA GPU: run with trainer.devices=1$"):
         check_hardware(cfg(accelerator="gpu", devices=4), one_gpu)
     with pytest.raises(ConfigError, match="mps asks for Apple's MPS GPU.*run with trainer.accelerator=gpu$"):
         check_hardware(cfg(accelerator="mps"), one_gpu)
     check_hardware(cfg(accelerator="gpu", devices=1), one_gpu)
-    check_hardware(cfg(accelerator="cpu", devices=4), Machine(cores=2, gpus=0, available_bytes=None))
+    check_hardware(cfg(accelerator="cpu", devices=4), no_gpu)
+    check_hardware(cfg(accelerator="auto", devices=1), no_gpu)
