@@ -47,7 +47,6 @@ class Worker:
     answers: Connection  # and reads how they ended here
     gpus: tuple = ()
     job: Optional[Job] = None
-    started: float = 0.0
 
     def signal(self, signum: int) -> None:
         try:
@@ -128,7 +127,7 @@ class Pool:
         payload = (self.launcher, job.overrides, job.index, Singleton.get_state(), str(job.run_dir))
         import cloudpickle  # as submitit pickles the launcher into each SLURM job
 
-        worker.job, worker.started = job, time.time()
+        worker.job = job
         worker.jobs.send_bytes(cloudpickle.dumps(payload))
         if self.stopping:  # the signal came while this job was being handed over
             worker.signal(self.stopping)

@@ -312,3 +312,21 @@ def test_hardware_check_names_what_was_asked_and_what_runs():
     check_hardware(cfg(accelerator="gpu", devices=1), one_gpu)
     check_hardware(cfg(accelerator="cpu", devices=4), no_gpu)
     check_hardware(cfg(accelerator="auto", devices=1), no_gpu)
+
+
+def test_tune_n_jobs_auto_takes_the_same_rule_shared_with_the_jobs_beside_it(monkeypatch):
+    # Bug this catches: tune.n_jobs=auto under -m starting cores² processes (every arm's study taking all cores).
+    from helpers import compose_cfg
+    from src.run import resources
+    from src.tuning.tuner import check_tune, n_workers
+
+    cfg = compose_cfg(["experiment=tune_digits", "tune.n_jobs=auto", "tune.n_trials=20", "tune.dir=x", "arm=baseline"])
+    check_tune(cfg)  # auto is accepted
+    monkeypatch.setattr(resources, "this_machine", lambda: Machine(cores=8, gpus=0, available_bytes=int(100 * GB)))
+    monkeypatch.delenv("HAL_JOBS_SIDE_BY_SIDE", raising=False)
+    assert n_workers(cfg) == 8
+    monkeypatch.setenv("HAL_JOBS_SIDE_BY_SIDE", "3")  # the local launcher runs three studies at once
+    assert n_workers(cfg) == 2
+    monkeypatch.setattr(resources, "this_machine", lambda: Machine(cores=8, gpus=0, available_bytes=int(2 * GB)))
+    monkeypatch.delenv("HAL_JOBS_SIDE_BY_SIDE")
+    assert n_workers(cfg) == 2  # 2 GB ÷ about 0.94 GB per digits run
