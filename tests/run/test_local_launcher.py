@@ -121,8 +121,9 @@ def test_results_equal_those_of_the_basic_launcher_one_after_another(tmp_path):
     assert [line.split(" (")[1].split(" done")[0] for line in text.splitlines() if line.startswith("finished: ")] == [
         f"{k} of 4" for k in range(1, 5)]
     # The jobs' own output is in their logs, not on the console.
-    assert "epoch 2/2" not in text
-    assert all("epoch 2/2" in (tmp_path / "local" / job / "train.log").read_text() for job in got)
+    assert "test error" not in text
+    assert all(f"run {tmp_path / 'local' / job}: test error" in (tmp_path / "local" / job / "train.log").read_text()
+               for job in got)
 
 
 @pytest.mark.slow  # two sweeps, four worker start-ups: about 30 s on an idle 2-core VM
