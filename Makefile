@@ -48,7 +48,7 @@ test-report-page: venv  ## report.html rendered in headless Chromium: figures lo
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(PY) -m pytest -q tests/report/test_report_page.py $(ARGS)
 
-bench: venv  ## Run the benchmarks (parity, data pipeline, default run, start-up, memory, metrics, streaming); prints JSON
+bench: venv  ## Run the benchmarks (parity, data pipeline, default run, start-up, memory, metrics, streaming, sweep); prints JSON
 	$(PY) -m bench.parity $(ARGS)
 	$(PY) -m bench.data
 	$(PY) -m bench.default_run
@@ -56,6 +56,7 @@ bench: venv  ## Run the benchmarks (parity, data pipeline, default run, start-up
 	$(PY) -m bench.memory
 	$(PY) -m bench.metrics
 	$(PY) -m bench.stream
+	$(PY) -m bench.sweep
 
 report: venv  ## table.md, table.csv, the figures and report.html of the sweeps under outputs/sweeps, or ARGS="outputs/sweeps/table2_svhn"
 	$(PY) -m src.report $(or $(ARGS),outputs/sweeps)

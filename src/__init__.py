@@ -41,15 +41,9 @@ def _last_stage(target: str) -> int:
 OmegaConf.register_new_resolver("last_stage", _last_stage, replace=True)
 
 
-def _slurm_tasks(devices) -> int:
-    """The number of devices ``trainer.devices`` names (1 for "auto"): one SLURM task per device, as Lightning's
-    SLURM environment requires ``--ntasks-per-node`` to equal ``trainer.devices``."""
-    if isinstance(devices, int):
-        return devices
-    if isinstance(devices, str):
-        parts = [p for p in devices.split(",") if p.strip()]
-        return int(parts[0]) if len(parts) == 1 and parts[0].strip().isdigit() else len(parts) if "," in devices else 1
-    return len(devices)  # a list of device indices
+# The number of devices ``trainer.devices`` names (1 for "auto"): one SLURM task per device, as Lightning's
+# SLURM environment requires ``--ntasks-per-node`` to equal ``trainer.devices``; the GPUs of a local job too.
+from src.run.resources import device_count as _slurm_tasks  # noqa: E402
 
 
 # `${slurm_tasks:${trainer.devices}}` in conf/hydra/launcher/slurm*.yaml: tasks (and GPUs) per node.

@@ -119,10 +119,12 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ())
     import torch
 
     from src.evaluation.protocols import headline_errors
+    from src.run.resources import check_hardware
     from src.run.provenance import code_moved, provenance
     from src.run.records import machine, read_record, write_json
     from src.run.resume import EpochHistory, finished_record, usable_checkpoint
 
+    check_hardware(cfg)  # trainer.accelerator=gpu without one: one line, not Lightning's traceback
     launch.patch_lightning()  # DDP ranks get this job's command, also when tests call train() directly
     previous = finished_record(run_dir)
     if previous is not None:

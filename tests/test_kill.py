@@ -16,7 +16,9 @@ def sweep(sweep_dir: Path) -> subprocess.Popen:
     log = open(sweep_dir.parent / f"{sweep_dir.name}.log", "a")  # a file, not a pipe: a full pipe blocks
     return subprocess.Popen([sys.executable, "-m", "src.train", "-m", "experiment=smoke", "case=case1,case2",
                              "seed=0,1", "trainer.max_epochs=3", "trainer.accelerator=cpu", "threads=1",
-                             f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, stdout=log,
+                             # basic: one process, so kills 2-7 s in land in training; the local launcher's
+                             # workers start after it (tests/run/test_local_launcher.py kills that one).
+                             f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=basic"], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
 
 

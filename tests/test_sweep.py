@@ -64,9 +64,12 @@ def test_sweep_job_dirs_are_named_by_their_overrides_without_timestamps():
     assert located.hydra.job.override_dirname == "case=case1,seed=0"
 
 
-def test_local_sweeps_run_one_job_after_another_by_default():
+def test_local_sweeps_run_side_by_side_by_default_and_basic_runs_one_after_another():
     cfg = compose_with_hydra([])
-    assert cfg.hydra.launcher._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hal_local_launcher.launcher.HALLocalLauncher"
+    assert cfg.hydra.launcher.n_jobs == "auto" and cfg.hydra.launcher.jobs_per_gpu == 1
+    basic = compose_with_hydra(["hydra/launcher=basic"])
+    assert basic.hydra.launcher._target_ == "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 def test_slurm_launcher_composes_with_partition_gpus_and_time():
@@ -170,8 +173,9 @@ runpy.run_module("src.train", run_name="__main__")
 def _sweep(sweep_dir: Path, log: Path, saved: Path = None):
     """The sweep, to its end; with ``saved``, started in the background and hung in job KILLED."""
     # 2 seeds × {baseline, case1} on digits, plus case=custom without a mapping: two jobs that fail.
+    # hydra/launcher=basic: the jobs run in this process, where the hang is patched in.
     args = ["-m", "experiment=smoke", "seed=0,1", "case=baseline,case1,custom", "trainer.max_epochs=2",
-            "trainer.accelerator=cpu", "threads=1", f"hydra.sweep.dir={sweep_dir}"]
+            "trainer.accelerator=cpu", "threads=1", f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=basic"]
     with open(log, "w") as out:
         if saved:
             return subprocess.Popen([sys.executable, "-c", HANG_AFTER_FIRST_CHECKPOINT, *args], cwd=ROOT,

@@ -10,6 +10,7 @@
 """
 import logging
 import math
+import os
 import shlex
 import sys
 import warnings
@@ -65,8 +66,17 @@ def to_log_file(line: str, level: int = logging.ERROR) -> None:
     """``line`` into the run's log file(s) only: for lines already printed on the console directly."""
     record = logging.LogRecord(__name__, level, __file__, 0, line, None, None)
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) and not _is_stderr(handler):
             handler.handle(record)
+
+
+def _is_stderr(handler: logging.FileHandler) -> bool:
+    """Whether the handler's file is stderr's (a job of hydra/launcher=local): the line is in it already."""
+    try:
+        a, b = os.fstat(handler.stream.fileno()), os.fstat(2)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def progress_bar(cfg: DictConfig) -> bool:

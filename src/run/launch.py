@@ -32,6 +32,7 @@ from src.run.config import did_you_mean, schema_keys
 from src.run.errors import ConfigError, exit_code, user_error
 from src.run.lock import RunLocked, run_lock
 from src.run.records import is_rank_zero, record_failure
+from src.run.worker import DIE_WITH_PARENT, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,8 @@ def cli(main: Callable[[], object]) -> None:
     (hydra/_internal/utils.py, ``run_and_report``): set it so they reach here; ``main`` unsets it, so its
     own errors and the DDP ranks it starts are as before. A user's own HYDRA_FULL_ERROR=1 is left alone; any
     other value (0, empty) is Hydra's "off", so the one-line errors stay (Hydra tests for "1" too)."""
+    if os.environ.get(DIE_WITH_PARENT):  # a job of hydra/launcher=local, or a DDP rank one started
+        die_with_parent()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return main()
     os.environ.update({"HYDRA_FULL_ERROR": "1", _WRAPPED: "1"})

@@ -12,23 +12,17 @@
 """
 import contextlib
 import io
-import os
-import shlex
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from src.run.errors import UserError
-from src.run.lock import describe, live_holder
-from src.run.records import read_record
+from src.run.jobs import Job, failed_any, plan, resume_command, summary  # noqa: F401  (Job, summary: tests)
 from src.run.summary import leave_summary_to_launcher
 
 POLL_S = 10  # seconds between two sacct calls while waiting
@@ -37,43 +31,6 @@ RESOURCE_KEYS = ("gpus_per_node", "tasks_per_node", "nodes", "cpus_per_task", "m
 
 class SlurmError(UserError):
     """SLURM refused the sweep."""
-
-
-@dataclass
-class Job:
-    index: int
-    overrides: list[str]
-    run_dir: Path
-    submitted: Any = None  # the submitit job
-    outcome: Optional[str] = None  # finished | skipped | failed | cancelled | locked
-    record: Optional[dict] = None
-
-    @property
-    def slurm_id(self) -> str:
-        return self.submitted.job_id if self.submitted is not None else "-"
-
-
-def run_dir_of(launcher, overrides: Sequence[str], index: int) -> Path:
-    """The job's run dir, as Hydra's ``run_job`` will make it in the job: sweep dir / sweep subdir."""
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-    with open_dict(config.hydra.job):
-        config.hydra.job.num, config.hydra.job.id = index, f"job_id_for_{index}"
-    previous = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(config)
-    try:
-        return Path(str(config.hydra.sweep.dir)) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
-    finally:
-        if previous is not None:
-            HydraConfig.instance().cfg = previous
-
-
-def resume_command(launcher, job: Job) -> str:
-    """The command that runs this one job again, in the same run dir, on SLURM (it resumes from last.ckpt)."""
-    hydra = [o for o in launcher.config.hydra.overrides.hydra if not o.startswith(("hydra.mode=", "hydra.sweep.dir="))]
-    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
-    flags = [a for a in sys.argv[1:] if a.split("=")[0] in ("--config-dir", "-cd", "--config-name", "-cn")]
-    return shlex.join([python, "-m", "src.train", "-m", *flags, *hydra,
-                       f"hydra.sweep.dir={launcher.config.hydra.sweep.dir}", *job.overrides])
 
 
 def make_executor(launcher):
@@ -166,40 +123,14 @@ def wait(launcher, jobs: list[Job]) -> None:
         raise SystemExit(130) from None
 
 
-def summary(jobs: list[Job]) -> str:
-    counts = Counter(job.outcome for job in jobs)
-    line = (f"slurm: {len(jobs)} job{'' if len(jobs) == 1 else 's'}: {counts['finished']} finished, {counts['failed']} failed, "
-            f"{counts['cancelled']} cancelled, {counts['skipped']} skipped (finished before)")
-    if counts["locked"]:
-        line += f", {counts['locked']} not run (another run writes their dir)"
-    if any(job.outcome not in ("finished", "skipped") for job in jobs):
-        line += "; re-run the same command to resume the others"
-    return line
-
-
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     leave_summary_to_launcher()  # the summary line below is the sweep's one, also after Ctrl-C
     try:
-        jobs = [Job(i, list(o), run_dir_of(launcher, o, i)) for i, o in enumerate(job_overrides, initial_job_idx)]
+        jobs = plan(launcher, job_overrides, initial_job_idx, verb="submitted")
     except KeyboardInterrupt:
         print("interrupted: nothing was submitted", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
-    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    todo = []
-    for job in jobs:
-        job.record = read_record(job.run_dir)
-        holder = live_holder(job.run_dir)
-        if job.record.get("status") == "finished":
-            job.outcome = "skipped"
-        elif holder is not None:
-            job.outcome = "locked"
-            print(f"not submitted: {job.run_dir}: being written by {describe(holder)}", file=sys.stderr, flush=True)
-        else:
-            todo.append(job)
-    skipped = sum(job.outcome == "skipped" for job in jobs)
-    if skipped:
-        print(f"skipping {skipped} of {len(jobs)} jobs: already finished (delete a job's metrics.json to run it "
-              f"again)", file=sys.stderr, flush=True)
+    todo = [job for job in jobs if job.outcome is None]
     if todo:
         try:
             submit(launcher, todo)
@@ -208,8 +139,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
                   "re-run the same command", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
         wait(launcher, todo)
-    print(summary(jobs), file=sys.stderr, flush=True)
-    if any(job.outcome not in ("finished", "skipped") for job in jobs):
+    print(summary(jobs, "slurm"), file=sys.stderr, flush=True)
+    if failed_any(jobs):
         raise SystemExit(1)
     return [JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=job.record,
                       working_dir=str(job.run_dir)) for job in jobs]

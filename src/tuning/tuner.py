@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from src.run.errors import ConfigError
 from src.run.launch import config_flags
 from src.run.records import write_atomic
+from src.run.resources import auto_workers
 from src.tuning.space import edge_warnings, search_space
 from src.tuning.study import next_trial, open_study
 from src.tuning.trial import run_trial
@@ -32,8 +33,8 @@ def check_tune(cfg: DictConfig) -> DictConfig:
     tune = cfg.tune
     if not (isinstance(tune.n_trials, int) and tune.n_trials >= 1):
         raise ConfigError(f"tune.n_trials must be an integer >= 1, got {tune.n_trials!r}")
-    if not (isinstance(tune.n_jobs, int) and tune.n_jobs >= 1):
-        raise ConfigError(f"tune.n_jobs must be an integer >= 1, got {tune.n_jobs!r}")
+    if not (isinstance(tune.n_jobs, int) and tune.n_jobs >= 1 or tune.n_jobs == "auto"):
+        raise ConfigError(f"tune.n_jobs must be auto or an integer >= 1, got {tune.n_jobs!r}")
     if not cfg.dataset.val_size:
         raise ConfigError("tuning minimises the validation error: set dataset.val_size > 0 (the test split is "
                           "never used for it)")
@@ -55,7 +56,7 @@ def tune(cfg: DictConfig, arm: str) -> dict:
     path = study_dir / CONFIG
     if not path.exists():
         write_atomic(path, lambda f: f.write(OmegaConf.to_yaml(base)))  # a kill leaves all of it or none
-    helpers = [subprocess.Popen(worker_command(i)) for i in range(1, tune.n_jobs)]
+    helpers = [subprocess.Popen(worker_command(i)) for i in range(1, n_workers(cfg))]
     try:
         while True:
             with contextlib.ExitStack() as stack:
@@ -81,6 +82,15 @@ def tune(cfg: DictConfig, arm: str) -> dict:
         raise ConfigError(f"{sum(bool(h.returncode) for h in helpers)} of the study's workers failed: see their "
                           "lines above")
     return summary
+
+
+def n_workers(cfg: DictConfig) -> int:
+    """``tune.n_jobs``; ``auto``: the local launcher's rule (src/run/resources.py), with its line."""
+    if cfg.tune.n_jobs != "auto":
+        return cfg.tune.n_jobs
+    n, line = auto_workers(cfg, cfg.tune.n_trials)
+    log.info("tune.%s", line)
+    return n
 
 
 def worker_command(index: int) -> list[str]:

@@ -83,7 +83,7 @@ def test_the_sweep_summary_counts_jobs_by_status(tmp_path):
 def test_a_local_sweep_ends_with_its_summary_and_a_rerun_counts_skipped_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "case=baseline,case1", "trainer.max_epochs=1", "trainer.enable_checkpointing=false",
-            "trainer.accelerator=cpu", f"hydra.sweep.dir={sweep}"]
+            "trainer.accelerator=cpu", f"hydra.sweep.dir={sweep}", "hydra/launcher=basic"]
     first, second = run_cli(*args), run_cli(*args[:1], "case=baseline,case1,case2", *args[2:])
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     report = f"report: {python_command()} -m src.report {sweep}"
@@ -150,7 +150,7 @@ def test_a_sweep_stopped_by_a_signal_still_prints_its_summary(tmp_path):
 
     sweep = tmp_path / "sweep"
     proc = subprocess.Popen([sys.executable, "-m", "src.train", "-m", "case=case1,case2", "trainer.max_epochs=300",
-                             "trainer.accelerator=cpu", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                             "trainer.accelerator=cpu", f"hydra.sweep.dir={sweep}", "hydra/launcher=basic"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = sweep / "case=case1,trainer.max_epochs=300" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
