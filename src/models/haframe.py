@@ -179,7 +179,7 @@ class HAFrame(Method):
 
     def __init__(self, name: str = "haframe", position: int = 3, haf_gamma: float = 2.0,
                  loss_schedule="0.4", loss_schedule_period: Optional[float] = None,
-                 frame_seed: Optional[int] = 0) -> None:
+                 frame_seed: Optional[int] = 0, bn_momentum: Optional[float] = None) -> None:
         super().__init__(name, position)
         if loss_schedule not in SCHEDULES:
             try:
@@ -191,6 +191,12 @@ class HAFrame(Method):
             raise ConfigError(f"method.loss_schedule={loss_schedule} needs method.loss_schedule_period > 0")
         if not haf_gamma > 0:
             raise ConfigError(f"method.haf_gamma must be > 0 (the official code asserts it), got {haf_gamma!r}")
+        if bn_momentum is not None and not 0 < bn_momentum <= 1:
+            raise ConfigError(f"method.bn_momentum must be null (the official value per backbone) or in (0, 1], "
+                              f"got {bn_momentum!r}")
+        # null: HEAD_BN_MOMENTUM's official value for the backbone, made for ~200-epoch budgets; a short run's
+        # running statistics barely leave their start at 0.001 (5 digits epochs: ~55 steps), so tuning sets it
+        self.bn_momentum = None if bn_momentum is None else float(bn_momentum)
         self.loss_schedule, self.loss_schedule_period = loss_schedule, loss_schedule_period
         self.haf_gamma, self.frame_seed = float(haf_gamma), int(frame_seed or 0)
         self.epoch, self.epochs = 0, 1
@@ -202,7 +208,8 @@ class HAFrame(Method):
         if backbone not in HEAD_BN_MOMENTUM:
             raise ConfigError(f"method=haframe knows the heads of {list(HEAD_BN_MOMENTUM)}, not of {backbone}")
         frame, s = haf_frame(self.tree.lca_heights, self.haf_gamma, seed=self.frame_seed)
-        self.head = HAFrameHead(net.num_features, frame, HEAD_BN_MOMENTUM[backbone])
+        momentum = HEAD_BN_MOMENTUM[backbone] if self.bn_momentum is None else self.bn_momentum
+        self.head = HAFrameHead(net.num_features, frame, momentum)
         self.head.register_buffer("similarity", torch.as_tensor(s, dtype=torch.float32))
         net.fc = self.head
 

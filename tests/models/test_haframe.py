@@ -232,3 +232,28 @@ def test_method_loss_on_an_attached_head_is_the_official_mixed_loss(schedule):
     assert abs(ours.item() - expected.item()) < 1e-6
     swapped = official_mixed_loss(alpha, beta, frame, x, label, similarity[:, label].T)
     assert abs(swapped.item() - expected.item()) > 1e-3          # the input tells the two apart
+
+
+@pytest.mark.parametrize("model, momentum", [("preact", 0.1), ("preact", 0.02), ("resnet18", 0.001)])
+def test_head_batchnorm_momentum_is_overridden_by_the_knob(model, momentum):
+    """``method.bn_momentum`` replaces the official value of the head's first BatchNorm1d (the one the code sets per
+    backbone) on either backbone; the residual layers' keep PyTorch's 0.1. One batch moves the running mean to
+    momentum · batch mean, from 0."""
+    from src.models.torchvision_resnet import TorchvisionResNet
+
+    net = PreActResNet(10, 10, in_channels=1) if model == "preact" else TorchvisionResNet(model, 10, in_channels=1)
+    method = HAFrame(bn_momentum=momentum)
+    method.tree = trees()["digits_case1"]
+    method.attach(net, 10, 0)
+    ours = [m for m in net.fc.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert [m.momentum for m in ours] == [momentum, 0.1, 0.1, 0.1, 0.1]
+    x = torch.randn(8, 10)
+    ours[0](x)
+    torch.testing.assert_close(ours[0].running_mean, momentum * x.mean(0))
+
+
+def test_head_batchnorm_momentum_knob_rejects_values_outside_0_1():
+    from src.run.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bn_momentum"):
+        HAFrame(bn_momentum=0.0)

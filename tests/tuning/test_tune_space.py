@@ -5,6 +5,7 @@ import math
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from helpers import CONF
@@ -96,7 +97,7 @@ ARMS = ["baseline", "hal_case1", "hal_case2", "hal_case3", "hal_case4", "dks", "
 # Each method's own knobs (beside the learning rate) and, where its loss's scale differs from CE's, its own LR range.
 KNOBS = {"hal": set(), "dks": {"method.weight"}, "heads": {"method.weight"}, "hal_heads": {"method.weight"},
          "proxydr": {"method.distance", "method.dynamic_scale"}, "hxe": {"method.alpha"},
-         "soft_labels": {"method.beta"}, "haframe": {"method.haf_gamma"}}
+         "soft_labels": {"method.beta"}, "haframe": {"method.haf_gamma", "method.bn_momentum"}}
 LR_LOW = {"hxe": 0.3, "soft_labels": 0.3}  # ~10x CE's: their losses are 1/13 and 1/K of CE's on digits
 
 
@@ -115,6 +116,8 @@ def test_tune_methods_digits_tunes_every_method_arm_with_its_own_knobs():
             assert space["optimizer.lr"]["low"] == LR_LOW.get(one.method.name, 0.03), arm
             assert arm.endswith("_random") == (one.case.name == "random"), arm
             # every knob is a key of the arm's config, and a trial's config takes its values
-            with_params(one, {k: (s["choices"][-1] if "choices" in s else s["high"]) for k, s in space.items()})
+            trial = with_params(one, {k: (s["choices"][-1] if "choices" in s else s["high"]) for k, s in space.items()})
+            if one.method.name == "haframe":  # the choice reaches the method, over its null (official) default
+                assert (one.method.bn_momentum, instantiate(trial.method).bn_momentum) == (None, 0.1)
             seen.add(one.method.name)
     assert seen == set(KNOBS)
