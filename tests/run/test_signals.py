@@ -171,4 +171,4 @@ def test_a_signal_during_the_test_pass_of_a_real_run_is_recorded_and_a_rerun_onl
     rerun = train(cfg, tmp_path, callbacks=[steps])
     assert steps.steps == 0 and rerun["status"] == "finished" and "test_error" in rerun
     with open(tmp_path / "history.csv") as f:
-        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["0"]  # epoch 0, once
+        assert [line.split(",")[0] for line in f.read().splitlines()[1:]] == ["1"]  # the one epoch (counted from 1), once
