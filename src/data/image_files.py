@@ -1,7 +1,13 @@
 """Image files in DataLoader workers, for the streaming data path (``src/data/streaming.py``): read and decoded
-with ``torchvision.io`` (libjpeg-turbo, not PIL), cropped with ``transforms.v2`` (the field's 224-px recipe:
-``TrainCrop`` for training, ``eval_transform`` for evaluation), one line naming a file that cannot be read, and
-``EpochSampler``: the files sharded and shuffled per epoch as ``DistributedSampler`` does, seeded by seed + epoch.
+with ``torchvision.io`` (libjpeg-turbo), cropped with ``transforms.v2`` (the field's 224-px recipe: ``TrainCrop`` for
+training, ``EvalCrop`` for evaluation), one line naming a file that cannot be read, and ``EpochSampler``: the files
+sharded and shuffled per epoch as ``DistributedSampler`` does, seeded by seed + epoch.
+
+``decode="reduced"`` (the default) decodes no more pixels than the crop needs: a JPEG whose crop box (training) or
+short side (evaluation) is at least twice the output size is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
+(libjpeg-turbo through PIL's ``draft``), then resized the rest of the way. The box is drawn from the full-size image
+first, with the same numbers as ``decode="full"`` (today's path, the reference); an image that needs its full
+scale is decoded and cropped exactly as there (docs/streaming.md: why PIL, and the pixel bound).
 """
 import logging
 import math
@@ -10,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
@@ -49,10 +56,48 @@ def read_image(path: str) -> torch.Tensor:
 
 
 def read_bytes(path: str) -> torch.Tensor:
+    """The file's bytes as a uint8 tensor of its own (``read_file``'s tensor wraps memory whose storage the
+    DataLoader's queue cannot move to shared memory: ``OSError: [Errno 9] Bad file descriptor``, and a lost batch)."""
     try:
-        return read_file(str(path))
+        return torch.from_numpy(np.fromfile(str(path), dtype=np.uint8))
     except (RuntimeError, OSError, ValueError) as e:
         raise ImageReadError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
+
+
+DECODES = ("reduced", "full")
+DCT_SCALES = (8, 4, 2)  # libjpeg's fast reductions; its N/8 ones (7/8, 3/4, ...) decode slower than full size here
+
+
+def open_jpeg(path: str) -> Optional[Image.Image]:
+    """The file opened lazily (only its header read) if PIL can decode it at a reduced scale, else None."""
+    try:
+        image = Image.open(str(path))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None  # read_image says why, in one line
+    if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+        image.close()  # CMYK, PNG, ...: torchvision's full decode, as decode="full"
+        return None
+    return image
+
+
+def reduction(size: tuple[int, int], needed: tuple[int, int]) -> int:
+    """The largest DCT reduction d (8, 4, 2; else 1) keeping both sides of ``size`` / d >= ``needed``."""
+    return next((d for d in DCT_SCALES if size[0] / d >= needed[0] and size[1] / d >= needed[1]), 1)
+
+
+def decode_reduced(image: Image.Image, d: int, path: str) -> tuple[torch.Tensor, float, float]:
+    """(uint8 (3, h, w) image decoded at 1/d in the DCT domain, its height and width ÷ the full size's)."""
+    width, height = image.size
+    try:
+        image.draft("RGB", (width // d, height // d))
+        pixels = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
+    finally:
+        image.close()
+    # (3, h, w) as a view of the (h, w, 3) pixels: channels-last memory, torch's fast uint8 antialiased resize.
+    out = torch.from_numpy(pixels).permute(2, 0, 1)
+    return out, out.shape[1] / height, out.shape[2] / width
 
 
 class TrainCrop:
@@ -90,14 +135,62 @@ class TrainCrop:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        top, left, h, w = self.box(*image.shape[-2:], rng)
+        return self.crop(image, self.box(*image.shape[-2:], rng), rng)
+
+    def crop(self, image: torch.Tensor, box: tuple[int, int, int, int], rng: np.random.Generator,
+             scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+        """The box (in full-size pixels) of ``image`` decoded at ``scale`` (its size ÷ the full size), resized."""
+        top, left, h, w = box
+        if scale != (1.0, 1.0):
+            sy, sx = scale
+            top, left = int(round(top * sy)), int(round(left * sx))
+            h = min(int(round(h * sy)), image.shape[1] - top)
+            w = min(int(round(w * sx)), image.shape[2] - left)
         out = TF.resized_crop(image, top, left, h, w, [self.image_size, self.image_size], antialias=True)
         return TF.horizontal_flip(out) if self.flip and rng.random() < 0.5 else out
 
+    def from_file(self, path: str, rng: np.random.Generator) -> torch.Tensor:
+        """As ``self(read_image(path), rng)``, the same box from the same draws, decoding at the DCT scale that
+        keeps the box at least ``image_size`` on both sides."""
+        image = open_jpeg(path)
+        if image is None:
+            return self(read_image(path), rng)
+        width, height = image.size
+        box = self.box(height, width, rng)
+        d = reduction(box[2:], (self.image_size, self.image_size))
+        if d == 1:
+            image.close()
+            return self.crop(read_image(path), box, rng)  # exactly decode="full"'s pixels
+        decoded, sy, sx = decode_reduced(image, d, path)
+        return self.crop(decoded, box, rng, (sy, sx))
 
-def eval_transform(image_size: int, resize_size: int) -> v2.Transform:
-    """Resize the short side to ``resize_size`` (256), then the centre ``image_size`` (224) square."""
-    return v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)])
+
+class EvalCrop:
+    """Resize the short side to ``resize_size`` (256), then the centre ``image_size`` (224) square (v2's
+    ``Resize`` + ``CenterCrop``)."""
+
+    def __init__(self, image_size: int, resize_size: int) -> None:
+        self.image_size, self.resize_size = image_size, resize_size
+        self.transform = v2.Compose([v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)])
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transform(image)
+
+    def from_file(self, path: str) -> torch.Tensor:
+        """As ``self(read_image(path))``, decoding at the DCT scale that keeps the short side >= resize_size."""
+        image = open_jpeg(path)
+        if image is None:
+            return self(read_image(path))
+        short = min(image.size)
+        d = reduction((short, short), (self.resize_size, self.resize_size))
+        if d == 1:
+            image.close()
+            return self(read_image(path))
+        return self(decode_reduced(image, d, path)[0])
+
+
+def eval_transform(image_size: int, resize_size: int) -> EvalCrop:
+    return EvalCrop(image_size, resize_size)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -109,16 +202,21 @@ class ImageFiles(Dataset):
     """Files with their superclass and label; ``dataset[i]`` -> (image, superclass, label).
 
     A key ``(i, epoch)`` (training, from ``EpochSampler``) calls the transform (a ``TrainCrop``) with
-    ``sample_rng(seed, epoch, i)``; a plain ``i`` (evaluation) applies it (``eval_transform``) as it is. With ``raw`` the image is (the file's bytes, its path), for GPU decoding.
+    ``sample_rng(seed, epoch, i)``; a plain ``i`` (evaluation) applies it (``EvalCrop``) as it is. ``decode``:
+    "reduced" lets the transform decode at a DCT scale (``from_file``), "full" decodes every pixel first. With
+    ``raw`` the image is (the file's bytes, its path), for GPU decoding.
     Indexing the object itself with a slice or index tensor (``files[rows]``) returns the stacked images.
     """
 
     device = torch.device("cpu")
 
     def __init__(self, paths: Sequence[str], superclass: torch.Tensor, label: torch.Tensor,
-                 transform: Optional[v2.Transform] = None, seed: int = 0, raw: bool = False) -> None:
+                 transform: Optional[Callable] = None, seed: int = 0, raw: bool = False,
+                 decode: str = "reduced") -> None:
+        if decode not in DECODES:
+            raise StreamingConfigError(f"dataset.decode must be one of {'|'.join(DECODES)}, got {decode!r}")
         self.paths, self.superclass, self.label = list(paths), superclass, label
-        self.transform, self.seed, self.raw = transform, seed, raw
+        self.transform, self.seed, self.raw, self.decode = transform, seed, raw, decode
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -130,16 +228,18 @@ class ImageFiles(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, None)
         if self.raw:
             return (read_bytes(self.paths[index]), self.paths[index]), self.superclass[index], self.label[index]
-        image = read_image(self.paths[index])
-        if self.transform is not None:
-            if epoch is None:
-                image = self.transform(image)
-            else:
-                image = self.transform(image, sample_rng(self.seed, epoch, index))
+        path, transform = self.paths[index], self.transform
+        args = () if epoch is None else (sample_rng(self.seed, epoch, index),)
+        if transform is None:
+            image = read_image(path)
+        elif self.decode == "reduced" and hasattr(transform, "from_file"):
+            image = transform.from_file(path, *args)
+        else:
+            image = transform(read_image(path), *args)
         return image, self.superclass[index], self.label[index]
 
-    def with_transform(self, transform: Optional[v2.Transform], seed: int = 0, raw: bool = False) -> "ImageFiles":
-        return ImageFiles(self.paths, self.superclass, self.label, transform, seed, raw)
+    def with_transform(self, transform: Optional[Callable], seed: int = 0, raw: bool = False) -> "ImageFiles":
+        return ImageFiles(self.paths, self.superclass, self.label, transform, seed, raw, self.decode)
 
 
 class EpochSampler(DistributedSampler):
@@ -175,5 +275,16 @@ class EpochSampler(DistributedSampler):
 
 
 def _collate_raw(batch):
-    data, superclass, label = zip(*batch)
-    return list(data), torch.stack(superclass), torch.stack(label)
+    """A batch of files' bytes as ONE uint8 tensor (one shared-memory block for the queue, not one per file) with
+    each file's end offset and path; ``split_raw`` gives the files back."""
+    files, superclass, label = zip(*batch)
+    data = torch.cat([d for d, _ in files])
+    ends = torch.tensor([len(d) for d, _ in files]).cumsum(0)
+    return (data, ends, [p for _, p in files]), torch.stack(superclass), torch.stack(label)
+
+
+def split_raw(files) -> list[tuple[torch.Tensor, str]]:
+    """[(a file's bytes, its path)] of a ``_collate_raw`` batch."""
+    data, ends, paths = files
+    starts = [0, *ends[:-1].tolist()]
+    return [(data[s:e], p) for s, e, p in zip(starts, ends.tolist(), paths)]

@@ -185,6 +185,7 @@ class FolderConfig(DatasetConfig):
     prefetch_factor: int = 4
     persistent_workers: bool = True
     gpu_decode: bool = False
+    decode: str = "reduced"  # or "full": src/data/image_files.py, docs/streaming.md
 
 
 @dataclass
@@ -202,6 +203,7 @@ class StreamingConfig(DatasetConfig):
     prefetch_factor: int = 4
     persistent_workers: bool = True
     gpu_decode: bool = False
+    decode: str = "reduced"  # or "full": src/data/image_files.py, docs/streaming.md
 
 
 @dataclass
