@@ -10,7 +10,9 @@ first, with the same numbers as ``decode="full"`` (today's path, the reference);
 scale is decoded and cropped exactly as there (docs/streaming.md: why PIL, and the pixel bound).
 """
 import logging
+import io
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Optional
 
@@ -47,12 +49,17 @@ class ImageReadError(UserError):
         super().__init__(line.split(f"{type(self).__name__}: ", 1)[-1])
 
 
-def read_image(path: str) -> torch.Tensor:
-    """The RGB uint8 (3, H, W) image of a JPEG/PNG/GIF/WebP file, decoded with torchvision.io."""
+def _read_error(path: str, e: Exception) -> ImageReadError:
+    return ImageReadError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}")
+
+
+def read_image(path: str, data: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The RGB uint8 (3, H, W) image of a JPEG/PNG/GIF/WebP file (or of its bytes ``data``), decoded with
+    torchvision.io."""
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        return decode_image(read_file(str(path)) if data is None else data, mode=ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError) as e:
-        raise ImageReadError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
+        raise _read_error(path, e) from None
 
 
 def read_bytes(path: str) -> torch.Tensor:
@@ -61,23 +68,32 @@ def read_bytes(path: str) -> torch.Tensor:
     try:
         return torch.from_numpy(np.fromfile(str(path), dtype=np.uint8))
     except (RuntimeError, OSError, ValueError) as e:
-        raise ImageReadError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
+        raise _read_error(path, e) from None
 
 
 DECODES = ("reduced", "full")
 DCT_SCALES = (8, 4, 2)  # libjpeg's fast reductions; its N/8 ones (7/8, 3/4, ...) decode slower than full size here
 
 
-def open_jpeg(path: str) -> Optional[Image.Image]:
-    """The file opened lazily (only its header read) if PIL can decode it at a reduced scale, else None."""
-    try:
-        image = Image.open(str(path))
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None  # read_image says why, in one line
-    if image.format != "JPEG" or image.mode not in ("RGB", "L"):
-        image.close()  # CMYK, PNG, ...: torchvision's full decode, as decode="full"
+def jpeg_size(data: torch.Tensor) -> Optional[tuple[int, int]]:
+    """(height, width) from a JPEG's frame header if libjpeg can decode it to RGB at a reduced scale (1 or 3
+    components), else None (not a JPEG, CMYK, or a header cut short: the full decode decides, and says why)."""
+    b = data.numpy()
+    if len(b) < 4 or b[0] != 0xFF or b[1] != 0xD8:
         return None
-    return image
+    i = 2
+    while i + 9 < len(b):
+        if b[i] != 0xFF:
+            return None
+        marker = int(b[i + 1])
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            height, width, components = int(b[i + 5]) << 8 | int(b[i + 6]), int(b[i + 7]) << 8 | int(b[i + 8]), int(b[i + 9])
+            return (height, width) if components in (1, 3) and height and width else None
+        i += 2 + (int(b[i + 2]) << 8 | int(b[i + 3]))
+    return None
 
 
 def reduction(size: tuple[int, int], needed: tuple[int, int]) -> int:
@@ -85,18 +101,20 @@ def reduction(size: tuple[int, int], needed: tuple[int, int]) -> int:
     return next((d for d in DCT_SCALES if size[0] / d >= needed[0] and size[1] / d >= needed[1]), 1)
 
 
-def decode_reduced(image: Image.Image, d: int, path: str) -> tuple[torch.Tensor, float, float]:
-    """(uint8 (3, h, w) image decoded at 1/d in the DCT domain, its height and width ÷ the full size's)."""
-    width, height = image.size
+def decode_reduced(data: torch.Tensor, d: int, path: str) -> tuple[torch.Tensor, float, float]:
+    """(the JPEG ``data`` decoded at 1/d in the DCT domain, uint8 (3, h, w), and its height and width ÷ the full
+    size's). PIL's ``draft`` asks libjpeg-turbo for the reduced decode (docs/streaming.md: why PIL)."""
     try:
-        image.draft("RGB", (width // d, height // d))
-        pixels = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageReadError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
-    finally:
-        image.close()
-    # (3, h, w) as a view of the (h, w, 3) pixels: channels-last memory, torch's fast uint8 antialiased resize.
-    out = torch.from_numpy(pixels).permute(2, 0, 1)
+        with Image.open(io.BytesIO(data.numpy())) as image:
+            width, height = image.size
+            image.draft("RGB", (width // d, height // d))
+            pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise _read_error(path, e) from None
+    with warnings.catch_warnings():  # read-only pixels: the crop only reads them
+        warnings.simplefilter("ignore", UserWarning)
+        # (3, h, w) as a view of the (h, w, 3) pixels: channels-last memory, torch's fast uint8 antialiased resize.
+        out = torch.from_numpy(pixels).permute(2, 0, 1)
     return out, out.shape[1] / height, out.shape[2] / width
 
 
@@ -152,16 +170,15 @@ class TrainCrop:
     def from_file(self, path: str, rng: np.random.Generator) -> torch.Tensor:
         """As ``self(read_image(path), rng)``, the same box from the same draws, decoding at the DCT scale that
         keeps the box at least ``image_size`` on both sides."""
-        image = open_jpeg(path)
-        if image is None:
-            return self(read_image(path), rng)
-        width, height = image.size
-        box = self.box(height, width, rng)
+        data = read_bytes(path)
+        size = jpeg_size(data)
+        if size is None:
+            return self(read_image(path, data), rng)
+        box = self.box(*size, rng)
         d = reduction(box[2:], (self.image_size, self.image_size))
         if d == 1:
-            image.close()
-            return self.crop(read_image(path), box, rng)  # exactly decode="full"'s pixels
-        decoded, sy, sx = decode_reduced(image, d, path)
+            return self.crop(read_image(path, data), box, rng)  # exactly decode="full"'s pixels
+        decoded, sy, sx = decode_reduced(data, d, path)
         return self.crop(decoded, box, rng, (sy, sx))
 
 
@@ -178,15 +195,10 @@ class EvalCrop:
 
     def from_file(self, path: str) -> torch.Tensor:
         """As ``self(read_image(path))``, decoding at the DCT scale that keeps the short side >= resize_size."""
-        image = open_jpeg(path)
-        if image is None:
-            return self(read_image(path))
-        short = min(image.size)
-        d = reduction((short, short), (self.resize_size, self.resize_size))
-        if d == 1:
-            image.close()
-            return self(read_image(path))
-        return self(decode_reduced(image, d, path)[0])
+        data = read_bytes(path)
+        size = jpeg_size(data)
+        d = 1 if size is None else reduction((min(size),) * 2, (self.resize_size,) * 2)
+        return self(read_image(path, data) if d == 1 else decode_reduced(data, d, path)[0])
 
 
 def eval_transform(image_size: int, resize_size: int) -> EvalCrop:
