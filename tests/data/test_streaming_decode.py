@@ -38,11 +38,11 @@ def bench_jpegs(root: Path, width: int, height: int, n: int) -> list[str]:
     return sorted(str(p) for p in root.glob("train/*/*.jpg"))
 
 
-def compare(paths: list[str], image_size: int, resize_size: int, epochs: int = 3) -> tuple[float, int, int]:
-    """(worst PSNR, worst max |uint8 difference|, how many outputs came from a reduced decode) of decode="reduced"
-    against decode="full" over the training crops of a few epochs and the evaluation crop."""
+def compare(paths: list[str], image_size: int, resize_size: int, epochs: int = 3) -> tuple[float, int, int, float]:
+    """(worst PSNR, worst max |uint8 difference|, how many outputs came from a reduced decode, median PSNR) of
+    decode="reduced" against decode="full" over the training crops of a few epochs and the evaluation crop."""
     train, evaluate = TrainCrop(image_size), EvalCrop(image_size, resize_size)
-    worst_psnr, worst_diff, reduced = math.inf, 0, 0
+    worst_diff, values = 0, []
     calls = image_files.decode_reduced
     counted = []
 
@@ -59,11 +59,11 @@ def compare(paths: list[str], image_size: int, resize_size: int, epochs: int = 3
             pairs.append((evaluate(full), evaluate.from_file(path)))
             for a, b in pairs:
                 assert a.shape == b.shape == (3, image_size, image_size) and b.dtype == torch.uint8
-                worst_psnr = min(worst_psnr, psnr(a, b))
+                values.append(psnr(a, b))
                 worst_diff = max(worst_diff, int((a.int() - b.int()).abs().max()))
     finally:
         image_files.decode_reduced = calls
-    return worst_psnr, worst_diff, len(counted)
+    return min(values), worst_diff, len(counted), sorted(values)[len(values) // 2]
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +98,17 @@ def test_every_crop_box_is_the_full_decodes(jpegs, monkeypatch):
 
 def test_bench_images_decode_exactly_as_the_full_decode(jpegs):
     """500 × 375 to 224: no box reaches 448 px nor a short side 512, so every image decodes at full scale."""
-    worst_psnr, worst_diff, reduced = compare(jpegs[(500, 375)], 224, 256)
-    assert (worst_psnr, worst_diff, reduced) == (math.inf, 0, 0)
+    assert compare(jpegs[(500, 375)], 224, 256)[:3] == (math.inf, 0, 0)
 
 
-@pytest.mark.parametrize("size, bound", [((1000, 750), 32.0), ((2000, 1500), 28.0)])
-def test_larger_images_decode_at_a_reduced_scale_within_the_measured_bound(jpegs, size, bound):
-    """Measured on 20 images each (docs/streaming.md): worst PSNR 34.1 dB at 1000 × 750, 30.3 dB at 2000 × 1500
-    (synthetic noise texture, the hard case); the bound leaves 2 dB for other libjpeg-turbo builds."""
-    worst_psnr, worst_diff, reduced = compare(jpegs[size], 224, 256)
+@pytest.mark.parametrize("size, median", [((1000, 750), 42.0), ((2000, 1500), 38.5)])
+def test_larger_images_decode_at_a_reduced_scale_within_the_measured_bound(jpegs, size, median):
+    """Measured on 20 images × 8 epochs each (docs/streaming.md): worst PSNR 30.7 dB at 1000 × 750 and 30.3 dB at
+    2000 × 1500 (a synthetic noise texture: the hard case); asserted >= 29 dB, and the median (a crop shifted by
+    one pixel drops it far below) within 2 dB of what these images measure."""
+    worst_psnr, worst_diff, reduced, middle = compare(jpegs[size], 224, 256)
     assert reduced >= len(jpegs[size])  # at least the evaluation crops: the reduced path did run
-    assert bound <= worst_psnr < math.inf
+    assert 29.0 <= worst_psnr < math.inf and middle >= median
 
 
 @pytest.mark.parametrize("make, cls", [(sf.inat21, INat21MiniDataModule), (sf.aircraft, AircraftDataModule)])
@@ -118,7 +118,7 @@ def test_inat_and_aircraft_fixtures_within_the_bound(tmp_path, make, cls):
     dm = cls(data_dir=str(make(tmp_path / "data")))
     paths = [p for p, _ in dm.samples("train")][:12]
     assert compare(paths, 224, 256)[:2] == (math.inf, 0)
-    worst_psnr, worst_diff, reduced = compare(paths, 8, 9)
+    worst_psnr, worst_diff, reduced, _ = compare(paths, 8, 9)
     assert len(paths) < reduced < 4 * len(paths)  # every evaluation crop, the training crops of large boxes
     assert worst_psnr >= 34.0 and worst_diff <= 20
 
