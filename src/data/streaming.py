@@ -259,10 +259,11 @@ class StreamingDataModule(pl.LightningDataModule):
 
     # -- on the training device ------------------------------------------------------------------------------
 
-    def _decode_on_gpu(self, batch, training: bool):
+    def _decode_on_gpu(self, batch, training: bool, device: Optional[torch.device] = None):
         files, superclass, label = batch
         files = split_raw(files)
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device is None:  # bench.stream names it; in a run it is the trainer's
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if device.type != "cuda":
             raise StreamingConfigError("dataset.gpu_decode=true needs a CUDA device; set it false on the CPU")
         try:
