@@ -9,8 +9,8 @@ short side (evaluation) is at least twice the output size is decoded at 1/2, 1/4
 first, with the same numbers as ``decode="full"`` (today's path, the reference); an image that needs its full
 scale is decoded and cropped exactly as there (docs/streaming.md: why PIL, and the pixel bound).
 """
-import logging
 import io
+import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -90,7 +90,8 @@ def jpeg_size(data: torch.Tensor) -> Optional[tuple[int, int]]:
             i += 1
             continue
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
-            height, width, components = int(b[i + 5]) << 8 | int(b[i + 6]), int(b[i + 7]) << 8 | int(b[i + 8]), int(b[i + 9])
+            height, width = int(b[i + 5]) << 8 | int(b[i + 6]), int(b[i + 7]) << 8 | int(b[i + 8])
+            components = int(b[i + 9])
             return (height, width) if components in (1, 3) and height and width else None
         i += 2 + (int(b[i + 2]) << 8 | int(b[i + 3]))
     return None

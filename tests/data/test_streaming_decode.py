@@ -28,13 +28,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def bench_jpegs(root: Path, width: int, height: int, n: int) -> list[str]:
-    """bench.stream's photo-like JPEGs at another size."""
-    old = bench_stream.WIDTH, bench_stream.HEIGHT
-    bench_stream.WIDTH, bench_stream.HEIGHT = width, height
+    """n of bench.stream's photo-like JPEGs at another size (n classes of one training image each)."""
+    old = bench_stream.WIDTH, bench_stream.HEIGHT, bench_stream.CLASSES
+    bench_stream.WIDTH, bench_stream.HEIGHT, bench_stream.CLASSES = width, height, n
     try:
         bench_stream.write_jpegs(root, n)
     finally:
-        bench_stream.WIDTH, bench_stream.HEIGHT = old
+        bench_stream.WIDTH, bench_stream.HEIGHT, bench_stream.CLASSES = old
     return sorted(str(p) for p in root.glob("train/*/*.jpg"))
 
 
@@ -69,9 +69,8 @@ def compare(paths: list[str], image_size: int, resize_size: int, epochs: int = 3
 @pytest.fixture(scope="module")
 def jpegs(tmp_path_factory):
     root = tmp_path_factory.mktemp("decode")
-    # bench.stream writes at least one image per class (10); the larger sizes use a few of them.
-    return {size: bench_jpegs(root / f"{size[0]}", *size, 10)[:n] for size, n in
-            (((500, 375), 10), ((1000, 750), 6), ((2000, 1500), 4))}
+    return {size: bench_jpegs(root / f"{size[0]}", *size, n) for size, n in
+            (((500, 375), 6), ((1000, 750), 6), ((2000, 1500), 4))}
 
 
 def test_every_crop_box_is_the_full_decodes(jpegs, monkeypatch):
@@ -87,7 +86,7 @@ def test_every_crop_box_is_the_full_decodes(jpegs, monkeypatch):
                 rng = sample_rng(3, 1, i)
                 crop(read_image(path), rng) if mode == "full" else crop.from_file(path, rng)
         monkeypatch.setattr(TrainCrop, "box", draw)
-    assert boxes["full"] == boxes["reduced"] and len(boxes["full"]) == 20
+    assert boxes["full"] == boxes["reduced"] and len(boxes["full"]) == 16
     # The flip is drawn after the box, from the same generator: both paths leave it in the same state.
     for path in jpegs[(1000, 750)]:
         a, b = sample_rng(0, 0, 1), sample_rng(0, 0, 1)
@@ -113,10 +112,10 @@ def test_larger_images_decode_at_a_reduced_scale_within_the_measured_bound(jpegs
 
 @pytest.mark.parametrize("make, cls", [(sf.inat21, INat21MiniDataModule), (sf.aircraft, AircraftDataModule)])
 def test_inat_and_aircraft_fixtures_within_the_bound(tmp_path, make, cls):
-    """The fixtures' 40 × 30 JPEGs: at 224 px nothing is reduced (identical); at 8 px (Resize 9) every image
+    """The fixtures' 40 × 30 JPEGs (one per class): at 224 px nothing is reduced (identical); at 8 px (Resize 9) every image
     crop of a box >= 16 px and every evaluation crop decode at 1/2: over 64 files × 8 epochs each, worst PSNR 36.6 dB, max difference 14."""
-    dm = cls(data_dir=str(make(tmp_path / "data")))
-    paths = [p for p, _ in dm.samples("train")][:12]
+    dm = cls(data_dir=str(make(tmp_path / "data", train=1, test=1)))
+    paths = [p for p, _ in dm.samples("train")]
     assert compare(paths, 224, 256)[:2] == (math.inf, 0)
     worst_psnr, worst_diff, reduced, _ = compare(paths, 8, 9)
     assert len(paths) < reduced < 4 * len(paths)  # every evaluation crop, the training crops of large boxes
