@@ -18,8 +18,9 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, default_collate
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -119,6 +120,23 @@ def decode_reduced(data: torch.Tensor, d: int, path: str) -> tuple[torch.Tensor,
     return out, out.shape[1] / height, out.shape[2] / width
 
 
+def resized_crop(image: torch.Tensor, top: int, left: int, h: int, w: int, size: int) -> torch.Tensor:
+    """``TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)``, the same pixels; on the CPU the box
+    of a uint8 image is first copied out as a channels-last block and the result stays channels-last.
+
+    Why: a decoded JPEG is channels-last in memory, but the box is a strided view of it, so torch's uint8
+    antialiased kernel (which works on interleaved pixels) takes its generic path and re-packs its output to
+    planar (C, H, W); on the copied box it takes the fast one. 0.36 against 0.58 ms per image (minimum of 5 rounds,
+    bench.stream's 500 × 375 JPEGs, 2-core Xeon VM under load, 2026-12-06). ``collate_images`` keeps the layout."""
+    if image.device.type != "cpu" or image.dtype != torch.uint8 or image.ndim != 3:
+        return TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+    box = image[:, top:top + h, left:left + w]
+    if (h, w) == (size, size):
+        return box
+    box = box.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    return F.interpolate(box, size=[size, size], mode="bilinear", align_corners=False, antialias=True)[0]
+
+
 class TrainCrop:
     """The field's training augmentation: ``transforms.v2.RandomResizedCrop(image_size, scale=(min_scale, 1),
     ratio=(3/4, 4/3))`` then ``RandomHorizontalFlip()``, with RandomResizedCrop's own choice of the box (ten tries
@@ -165,7 +183,7 @@ class TrainCrop:
             top, left = int(round(top * sy)), int(round(left * sx))
             h = min(int(round(h * sy)), image.shape[1] - top)
             w = min(int(round(w * sx)), image.shape[2] - left)
-        out = TF.resized_crop(image, top, left, h, w, [self.image_size, self.image_size], antialias=True)
+        out = resized_crop(image, top, left, h, w, self.image_size)
         return TF.horizontal_flip(out) if self.flip and rng.random() < 0.5 else out
 
     def from_file(self, path: str, rng: np.random.Generator) -> torch.Tensor:
@@ -285,6 +303,16 @@ class EpochSampler(DistributedSampler):
             return super().__len__()
         n, r, w = self.n, self.rank, self.num_replicas
         return n * (r + 1) // w - n * r // w
+
+
+def collate_images(batch):
+    """The DataLoader's ``default_collate``, the images stacked channels-last: (N, 3, H, W) as a view of one
+    (N, H, W, 3) uint8 block (in shared memory in a worker). A decoded, cropped image is channels-last in memory, so
+    each is one plain copy into the batch instead of a transposing one (0.02 against 0.13 ms per 224-px image, same
+    machine and date as ``resized_crop``); the model takes channels-last input anyway (src/models/module.py)."""
+    images, *rest = zip(*batch)
+    stacked = default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    return [stacked, *(default_collate(column) for column in rest)]
 
 
 def _collate_raw(batch):

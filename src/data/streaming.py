@@ -45,7 +45,8 @@ from src.data.tree import ClassTree
 
 
 from src.data.image_files import (DECODES, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ImageFiles, ImageReadError,
-                                   StreamingConfigError, TrainCrop, _collate_raw, eval_transform, split_raw)
+                                   StreamingConfigError, TrainCrop, _collate_raw, collate_images, eval_transform,
+                                   split_raw)
 from src.run.errors import UserError
 
 # How long the main process waits for a worker's batch before it stops the run. A batch of 128 large JPEGs takes
@@ -226,7 +227,7 @@ class StreamingDataModule(pl.LightningDataModule):
                           pin_memory=self.pin_memory and torch.cuda.is_available(),
                           prefetch_factor=self.prefetch_factor if workers else None,
                           persistent_workers=self.persistent_workers and workers > 0,
-                          collate_fn=_collate_raw if self.gpu_decode else None,
+                          collate_fn=_collate_raw if self.gpu_decode else collate_images,
                           # The workers' base seed is drawn from this, not the global RNG: creating an iterator (after
                           # a resume too) leaves the run's random stream as an uninterrupted run has it.
                           generator=torch.Generator().manual_seed(self.split_seed))

@@ -95,6 +95,30 @@ def test_every_crop_box_is_the_full_decodes(jpegs, monkeypatch):
         assert a.random() == b.random()
 
 
+def test_the_crop_is_torchvisions_resized_crop_and_the_batch_is_channels_last(jpegs):
+    """decode=full's reference pixels: image_files.resized_crop (the box copied out channels-last first) must equal
+    ``TF.resized_crop(..., antialias=True)`` exactly, for boxes that shrink, enlarge, keep the size, touch the edges;
+    and collate_images must give default_collate's values, channels-last."""
+    from torch.utils.data import default_collate
+    from torchvision.transforms.v2 import functional as TF
+    crop, images = TrainCrop(224, flip=False), []
+    for path in jpegs[(500, 375)][:3] + jpegs[(1000, 750)][:1]:
+        image = read_image(path)
+        height, width = image.shape[1:]
+        boxes = [crop.box(height, width, sample_rng(0, e, 1)) for e in range(6)]
+        boxes += [(0, 0, 224, 224), (height - 100, width - 150, 100, 150), (0, 0, height, width), (5, 7, 224, 300)]
+        for box in boxes:
+            out = crop.crop(image, box, sample_rng(0, 0, 0))
+            assert torch.equal(out, TF.resized_crop(image, *box, [224, 224], antialias=True)), box
+            images.append(out)
+    batch = [(image, torch.tensor(1), torch.tensor(i)) for i, image in enumerate(images)]
+    stacked, superclass, label = image_files.collate_images(batch)
+    expected = default_collate(batch)
+    assert torch.equal(stacked, expected[0]) and torch.equal(label, expected[2]) and torch.equal(superclass,
+                                                                                                 expected[1])
+    assert stacked.shape == (len(images), 3, 224, 224) and stacked.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_bench_images_decode_exactly_as_the_full_decode(jpegs):
     """500 × 375 to 224: no box reaches 448 px nor a short side 512, so every image decodes at full scale."""
     assert compare(jpegs[(500, 375)], 224, 256)[:3] == (math.inf, 0, 0)
