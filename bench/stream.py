@@ -1,4 +1,5 @@
-"""The streaming loader (src/data/streaming.py) on JPEGs of ImageNet's typical size, 500 × 375 px, that it writes.
+"""The streaming loader (src/data/streaming.py) on JPEGs of ImageNet's typical size, 500 × 375 px (``--size``), that
+it writes.
 
 Three ratios, measured in one run with the same files, the same number of DataLoader workers (``--workers``, 2
 here) and the same batch size, alternating for ``--rounds`` rounds (each ratio is the median over the rounds):
@@ -10,11 +11,22 @@ here) and the same batch size, alternating for ``--rounds`` rounds (each ratio i
   loader's normalisation too, done here in the main process as CPU training does (on a GPU it is the GPU's).
 - ``vs_decode_only``: ÷ ``decode_jpeg`` alone on the same files in the same workers (nothing else, nothing sent
   back but a number): the limit of this machine. Goal >= 0.8.
+- ``vs_full_decode``: the streaming loader as configured (``--decode``, "reduced" by default) ÷ the same loader
+  with ``dataset.decode=full``: what decoding only what the crop needs wins on these images.
+- ``batch_transfer``: the uint8 batch the workers send (150 kB per 224-px image, stacked once into shared memory by
+  the DataLoader's collate) against the float32 batch the ImageFolder recipe sends (602 kB per image): milliseconds
+  per batch to stack it, and MB per batch.
+- ``gpu``: with a CUDA device, ``dataset.gpu_decode=true``'s images/s (workers read bytes, nvJPEG decodes the batch,
+  the crops are cut on the GPU) and its ratio to the CPU loader; without one it says so.
 - ``train_fed``: images/s of training steps (torchvision ResNet-18, SGD, ``--train-batch`` images of 224 px) fed
   by the streaming loader ÷ the same steps on the same batches already in memory: does the loader keep the model
   fed while its workers share the CPU with it?
 
-    python -m bench.stream [--images 2000] [--workers 2] [--batch 64] [--rounds 3] [--dir outputs/bench_stream]
+    python -m bench.stream [--images 2000] [--workers 2] [--batch 64] [--rounds 3] [--decode reduced|full]
+                           [--size 500x375] [--dir outputs/bench_stream]
+
+The printed ``load_average`` (1-minute, before and after) says how busy the machine was: figures from a shared
+machine are "under load".
 """
 import argparse
 import os
@@ -48,9 +60,9 @@ def cpu_model() -> str:
 
 
 def write_jpegs(root: Path, n: int) -> Path:
-    """n photo-like JPEGs (a smooth colour field + a texture crop from one shared canvas, quality 90) in
-    ImageFolder's root/train/<class>/ layout; kept between runs (a marker file says how many)."""
-    marker = root / f".complete-{n}"
+    """n photo-like JPEGs (a smooth colour field + a texture crop from one shared canvas, quality 90) of WIDTH ×
+    HEIGHT in ImageFolder's root/train/<class>/ layout; kept between runs (a marker file says how many)."""
+    marker = root / f".complete-{n}" if (WIDTH, HEIGHT) == (500, 375) else root / f".complete-{n}-{WIDTH}x{HEIGHT}"
     if marker.exists():
         return root
     g = torch.Generator().manual_seed(0)
@@ -102,6 +114,52 @@ def first_then_time(loader, normalise=None) -> float:
     return images_per_s(iterator, normalise)
 
 
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def batch_transfer(batch: int, size: int = 224, repeats: int = 5) -> dict:
+    """ms to stack a batch into shared memory as the DataLoader's collate does in a worker, uint8 against float32."""
+    out = {}
+    for name, dtype in (("uint8", torch.uint8), ("float32", torch.float32)):
+        images = [torch.zeros(3, size, size, dtype=dtype) for _ in range(batch)]
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            # What a worker's collate does: one shared-memory block for the batch, each image copied in once.
+            shared = images[0].new_empty((0,)).untyped_storage()._new_shared(batch * images[0].nbytes)
+            torch.stack(images, out=torch.empty(0, dtype=dtype).set_(shared).view(batch, 3, size, size))
+            best = min(best, time.perf_counter() - start)
+        out[name] = {"ms_per_batch": round(1000 * best, 2), "mb_per_batch": round(batch * images[0].nbytes / 1e6, 1)}
+    return out
+
+
+def gpu_figures(root: Path, args, cpu_rate: float) -> object:
+    if not torch.cuda.is_available():
+        return "no CUDA device: not measured (dataset.gpu_decode=true needs one)"
+    torch.manual_seed(0)
+    dm = StreamingFolderDataModule(root=str(root), image_size=224, val_size=0, batch_size=args.batch,
+                                   num_workers=args.workers, persistent_workers=False, gpu_decode=True)
+    dm.setup()
+    device = torch.device("cuda")
+    rates = []
+    for _ in range(args.rounds):
+        batches = (dm._decode_on_gpu(batch, True, device) for batch in dm.train_dataloader())
+        iterator = iter(batches)
+        next(iterator)
+        start, n = time.perf_counter(), 0
+        for images, _, _ in iterator:
+            n += len(images)
+        torch.cuda.synchronize()
+        rates.append(n / (time.perf_counter() - start))
+    rate = statistics.median(rates)
+    return {"device": torch.cuda.get_device_name(), "images_per_s": round(rate, 1),
+            "vs_cpu_streaming": round(rate / cpu_rate, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
@@ -111,19 +169,32 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the training step")
+    parser.add_argument("--decode", choices=("reduced", "full"), default="reduced", help="dataset.decode")
+    parser.add_argument("--size", default="500x375", help="the JPEGs' WIDTHxHEIGHT")
     parser.add_argument("--dir", default="outputs/bench_stream", help="where the JPEGs are written (kept)")
     args = parser.parse_args()
+    global WIDTH, HEIGHT
+    try:
+        WIDTH, HEIGHT = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size is WIDTHxHEIGHT, got {args.size!r}")
     if args.rounds < 1 or args.images < args.batch * 2 or args.workers < 1:
         parser.error("--rounds >= 1, --workers >= 1 and --images >= 2 × --batch")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    root = write_jpegs(Path(args.dir), args.images)
+    load_before = load_average()
+    root = write_jpegs(Path(args.dir) if (WIDTH, HEIGHT) == (500, 375) else Path(args.dir) / args.size, args.images)
 
-    torch.manual_seed(0)
-    dm = StreamingFolderDataModule(root=str(root), image_size=224, val_size=0, batch_size=args.batch,
-                                   num_workers=args.workers, persistent_workers=False)
-    dm.setup()
+    def datamodule(decode: str) -> StreamingFolderDataModule:
+        torch.manual_seed(0)
+        dm = StreamingFolderDataModule(root=str(root), image_size=224, val_size=0, batch_size=args.batch,
+                                       num_workers=args.workers, persistent_workers=False, decode=decode)
+        dm.setup()
+        return dm
+
+    dm = datamodule(args.decode)
     streaming = dm.train_dataloader()
+    streaming_full = datamodule("full").train_dataloader()
     paths = dm.splits["train"][0].paths
     user = ImageFolder(str(root / "train"), transform=v2.Compose([
         v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip(), v2.ToImage(),
@@ -169,10 +240,11 @@ def main() -> None:
         del iterator
         return rate, kept
 
-    rounds = {"streaming": [], "streaming_normalised_here": [], "imagefolder": [], "decode_only": [], "train_fed": [],
-              "train_in_memory": []}
+    rounds = {"streaming": [], "streaming_full_decode": [], "streaming_normalised_here": [], "imagefolder": [],
+              "decode_only": [], "train_fed": [], "train_in_memory": []}
     for _ in range(args.rounds):
         rounds["streaming"].append(first_then_time(streaming))
+        rounds["streaming_full_decode"].append(first_then_time(streaming_full))
         rounds["streaming_normalised_here"].append(first_then_time(streaming, normalise))
         rounds["imagefolder"].append(first_then_time(imagefolder))
         rounds["decode_only"].append(first_then_time(decode))
@@ -184,13 +256,17 @@ def main() -> None:
         "vs_imagefolder_normalised_here": [s / u for s, u in zip(rounds["streaming_normalised_here"],
                                                                  rounds["imagefolder"])],
         "vs_decode_only": [s / d for s, d in zip(rounds["streaming"], rounds["decode_only"])],
+        "vs_full_decode": [s / f for s, f in zip(rounds["streaming"], rounds["streaming_full_decode"])],
         "train_fed": [f / m for f, m in zip(rounds["train_fed"], rounds["train_in_memory"])],
     }
+    gpu = gpu_figures(root, args, statistics.median(rounds["streaming"]))
     emit({"bench": "stream", "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "images": args.images,
+          "load_average": [round(load_before, 2), round(load_average(), 2)], "decode": args.decode,
           "image_size": f"{WIDTH}x{HEIGHT}", "workers": args.workers, "batch_size": args.batch,
           "train_batch": args.train_batch, "train_steps": args.train_steps, "torch_threads": torch.get_num_threads(),
           "images_per_s": {k: round(statistics.median(v), 1) for k, v in rounds.items()},
-          **{name: ratio_summary(values) for name, values in ratio.items()}})
+          **{name: ratio_summary(values) for name, values in ratio.items()},
+          "batch_transfer": batch_transfer(args.batch), "gpu": gpu})
 
 
 if __name__ == "__main__":

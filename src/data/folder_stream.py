@@ -15,7 +15,7 @@ from src.data.image_files import IMAGENET_MEAN, IMAGENET_STD, read_image
 from src.data.streaming import StreamingDataModule
 
 STREAM_ONLY = ("resize_size", "min_scale", "num_workers", "pin_memory", "prefetch_factor", "persistent_workers",
-               "gpu_decode")
+               "gpu_decode", "decode")
 MEMORY_ONLY = ("pad", "on_device")
 
 

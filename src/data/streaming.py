@@ -10,11 +10,13 @@ cases, as CIFAR-100's) and lists its files: ``samples(split)`` -> ``[(path, clas
 - ``splits[split]`` is (images, superclass, label) as there, but ``images`` is an ``ImageFiles``: indexing it
   decodes those files (the eval transform), so the callbacks' extra passes and the FLOP count work unchanged.
 
-Files are read and decoded in DataLoader worker processes with ``torchvision.io`` (libjpeg-turbo, not PIL), then
+Files are read and decoded in DataLoader worker processes with ``torchvision.io`` (libjpeg-turbo), then
 transformed with ``transforms.v2``: the field's 224-px recipe, RandomResizedCrop + flip for training (``TrainCrop``:
 RandomResizedCrop's box, ``v2.functional.resized_crop``), Resize 256 + CenterCrop 224 for evaluation
-(``image_size`` / ``resize_size`` scale it). An image that cannot be read stops the
-run with one line naming the file; nothing is skipped.
+(``EvalCrop``; ``image_size`` / ``resize_size`` scale it). ``decode="reduced"`` (default) decodes a JPEG at 1/2, 1/4
+or 1/8 scale where the crop allows (``src/data/image_files.py``); ``decode="full"`` is the reference. An image that
+cannot be read stops the run with one line naming the file; nothing is skipped. A worker that dies, or sends no
+batch for ``worker_timeout_s``, stops the run with one line too (``WorkerError``), never a hang.
 
 Order and randomness. Training files are sharded and shuffled by ``EpochSampler``, a ``DistributedSampler``
 (Lightning leaves one as it is), seeded with the run seed + epoch: every rank draws the same permutation and
@@ -24,11 +26,12 @@ workers take their first indices, before it restores the epoch counter).
 Each training image's crop and flip are drawn from a generator seeded by (seed, epoch, index), so they do not
 depend on the number of workers, on which worker reads the file, or on a resume.
 
-``gpu_decode=true`` (CUDA only): workers read the files' bytes and the main process decodes each batch on the
-GPU with ``torchvision.io.decode_jpeg(list, device="cuda")`` (nvJPEG, batched), then crops on the GPU. JPEG files
-only; the crops are then drawn from the global RNG of the main process, not per image. Not tested on CPU.
+``gpu_decode=true`` (CUDA only, checked in ``setup``): workers read the files' bytes (one uint8 tensor per batch,
+``_collate_raw``) and the main process decodes each batch on the GPU with ``torchvision.io.decode_jpeg(list,
+device="cuda")`` (nvJPEG, batched), then crops on the GPU. JPEG files only; the crops are then drawn from the
+global RNG of the main process, not per image. The workers' side is tested on the CPU; the decoding needs a GPU.
 """
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Optional, Union
 
 import numpy as np
@@ -41,8 +44,54 @@ from src.data.pipeline import normalize
 from src.data.tree import ClassTree
 
 
-from src.data.image_files import (IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ImageFiles, ImageReadError, StreamingConfigError,
-                                   TrainCrop, _collate_raw, eval_transform)
+from src.data.image_files import (DECODES, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ImageFiles, ImageReadError,
+                                   StreamingConfigError, TrainCrop, _collate_raw, collate_images, eval_transform,
+                                   split_raw)
+from src.run.errors import UserError
+
+# How long the main process waits for a worker's batch before it stops the run. A batch of 128 large JPEGs takes
+# seconds; minutes mean a worker is stuck or its batch was lost (a worker that exits is noticed within 5 s anyway).
+WORKER_TIMEOUT_S = 600
+
+
+class WorkerError(UserError):
+    """A DataLoader worker died or sent no batch: one line, instead of a traceback or a wait without end."""
+
+
+class _OneLineErrors:
+    """A DataLoader iterator whose worker failures (death, a batch never sent) are ``WorkerError``."""
+
+    def __init__(self, iterator: Iterator, timeout: float) -> None:
+        self.iterator, self.timeout = iterator, timeout
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+    def __getattr__(self, name: str):
+        return getattr(self.iterator, name)
+
+    def __next__(self):
+        try:
+            return next(self.iterator)
+        except RuntimeError as e:
+            message = " ".join(str(e).split())
+            if "timed out" in message:
+                raise WorkerError(f"no batch came from the DataLoader workers in {self.timeout:g} s: a worker is "
+                                  f"stuck or could not send its batch (its error, if any, is above)") from None
+            if "exited unexpectedly" in message or "is killed by signal" in message:
+                raise WorkerError(f"a DataLoader worker died: {message.split('. ')[0]}") from None
+            raise
+
+
+class WorkerLoader(DataLoader):
+    """DataLoader with ``_OneLineErrors`` iterators."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        return _OneLineErrors(iterator, self.timeout) if self.num_workers else iterator
 
 
 class StreamingDataModule(pl.LightningDataModule):
@@ -72,6 +121,8 @@ class StreamingDataModule(pl.LightningDataModule):
         gpu_decode: bool = False,
         pad: int = 0,
         on_device: bool = True,
+        decode: str = "reduced",
+        worker_timeout_s: float = WORKER_TIMEOUT_S,
     ) -> None:
         super().__init__()
         self.name = name or type(self).name
@@ -85,6 +136,8 @@ class StreamingDataModule(pl.LightningDataModule):
         if num_workers < 0 or prefetch_factor < 1:
             raise StreamingConfigError(f"dataset.num_workers must be >= 0 and dataset.prefetch_factor >= 1, "
                                        f"got {num_workers} and {prefetch_factor}")
+        if decode not in DECODES:
+            raise StreamingConfigError(f"dataset.decode must be one of {'|'.join(DECODES)}, got {decode!r}")
         if pad:
             raise StreamingConfigError(f"dataset.pad={pad}: the streaming path crops with RandomResizedCrop "
                                        f"(dataset.min_scale); set dataset.pad=0")
@@ -100,6 +153,7 @@ class StreamingDataModule(pl.LightningDataModule):
         self.min_scale, self.flip = min_scale, flip
         self.num_workers, self.pin_memory, self.prefetch_factor = num_workers, pin_memory, prefetch_factor
         self.persistent_workers, self.gpu_decode, self.on_device = persistent_workers, gpu_decode, on_device
+        self.decode, self.worker_timeout_s = decode, worker_timeout_s
         self.mean = torch.tensor(list(mean), dtype=torch.float32)
         self.std = torch.tensor(list(std), dtype=torch.float32)
         self.superclasses: Optional[list[int]] = None
@@ -119,6 +173,9 @@ class StreamingDataModule(pl.LightningDataModule):
         return 3, self.image_size, self.image_size
 
     def setup(self, stage: Optional[str] = None) -> None:
+        if self.gpu_decode and not torch.cuda.is_available():  # before any worker starts
+            raise StreamingConfigError("dataset.gpu_decode=true needs a CUDA device and there is none; "
+                                       "set dataset.gpu_decode=false")
         if not self.splits:
             self.splits = self._split({split: self.samples(split) for split in ("train", "test")})
 
@@ -139,7 +196,7 @@ class StreamingDataModule(pl.LightningDataModule):
             label = torch.tensor([y for _, y in items], dtype=torch.long)
             if len(label) and not 0 <= int(label.min()) <= int(label.max()) < self.num_classes:
                 raise StreamingConfigError(f"{self.name}: a {split} label is outside 0..{self.num_classes - 1}")
-            files = ImageFiles([p for p, _ in items], table[label], label, test_transform)
+            files = ImageFiles([p for p, _ in items], table[label], label, test_transform, decode=self.decode)
             splits[split] = (files, files.superclass, label)
         return splits
 
@@ -165,11 +222,12 @@ class StreamingDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: EpochSampler) -> DataLoader:
         workers = self.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        return WorkerLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          timeout=self.worker_timeout_s if workers else 0,
                           pin_memory=self.pin_memory and torch.cuda.is_available(),
                           prefetch_factor=self.prefetch_factor if workers else None,
                           persistent_workers=self.persistent_workers and workers > 0,
-                          collate_fn=_collate_raw if self.gpu_decode else None,
+                          collate_fn=_collate_raw if self.gpu_decode else collate_images,
                           # The workers' base seed is drawn from this, not the global RNG: creating an iterator (after
                           # a resume too) leaves the run's random stream as an uninterrupted run has it.
                           generator=torch.Generator().manual_seed(self.split_seed))
@@ -202,9 +260,11 @@ class StreamingDataModule(pl.LightningDataModule):
 
     # -- on the training device ------------------------------------------------------------------------------
 
-    def _decode_on_gpu(self, batch, training: bool):
+    def _decode_on_gpu(self, batch, training: bool, device: Optional[torch.device] = None):
         files, superclass, label = batch
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        files = split_raw(files)
+        if device is None:  # bench.stream names it; in a run it is the trainer's
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if device.type != "cuda":
             raise StreamingConfigError("dataset.gpu_decode=true needs a CUDA device; set it false on the CPU")
         try:

@@ -201,6 +201,7 @@ class FolderConfig(DatasetConfig):
     prefetch_factor: int = 4
     persistent_workers: bool = True
     gpu_decode: bool = False
+    decode: str = "reduced"  # or "full": src/data/image_files.py, docs/streaming.md
 
 
 @dataclass
@@ -218,6 +219,7 @@ class StreamingConfig(DatasetConfig):
     prefetch_factor: int = 4
     persistent_workers: bool = True
     gpu_decode: bool = False
+    decode: str = "reduced"  # or "full": src/data/image_files.py, docs/streaming.md
 
 
 @dataclass
