@@ -48,7 +48,8 @@ def build(cfg: DictConfig, run_dir: Path) -> tuple[pl.LightningDataModule, HALMo
     from src.evaluation.protocols import evaluation_options, masked_tables
     from src.models.module import HALModule
     from src.models.optimizers import lr_factor
-    from src.run.console import EpochLines, progress_bar
+    from src.run.console import progress_bar
+    from src.run.epoch_lines import EpochLines
     from src.run.errors import ConfigError
     from src.run.resume import EpochHistory, RNGState, checkpoint_callback
 

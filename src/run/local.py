@@ -188,6 +188,8 @@ class Pool:
                     done += 1
                     self.settle(busy[ready], done, total, began)
         finally:
+            for worker in self.workers:  # every worker told first, then waited for: they exit side by side
+                worker.close()
             for worker in list(self.workers):
                 self.retire(worker)
             for s, handler in previous.items():

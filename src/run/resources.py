@@ -9,7 +9,9 @@
 - ``GpuSlots``: hands each job the GPUs it runs on (``CUDA_VISIBLE_DEVICES``), up to ``jobs_per_gpu`` jobs on
   one GPU, a DDP job (``trainer.devices=N``) N distinct GPUs.
 """
+import glob
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -54,10 +56,18 @@ def available_memory() -> Optional[int]:
     return None
 
 
+def no_gpu_driver() -> bool:
+    """Linux without NVIDIA's (/dev/nvidia0...) or ROCm's (/dev/kfd) device files: no GPU torch could use, known
+    without importing torch (2 s of a sweep's start-up)."""
+    return sys.platform.startswith("linux") and not (os.path.exists("/dev/kfd") or glob.glob("/dev/nvidia[0-9]*"))
+
+
 def this_machine() -> Machine:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if no_gpu_driver():
+        return Machine(cores, 0, available_memory(), False)
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     return Machine(cores, torch.cuda.device_count(), available_memory(), mps)
 

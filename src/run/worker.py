@@ -128,8 +128,9 @@ def main(read_fd: int, write_fd: int, preload: str = "") -> None:
 
         while True:
             message = jobs.recv_bytes()
-            if not message:  # the launcher has no more jobs for this worker
-                return
+            if not message:  # the launcher has no more jobs for this worker: every answer is sent and every
+                sys.stdout.flush(), sys.stderr.flush()  # record written, so skip the interpreter's teardown of torch
+                os._exit(0)  # and Lightning (1-3 s per worker, paid at the end of every sweep)
             answer = run(*cloudpickle.loads(message))
             answers.send(answer)
             if answer["stop"]:

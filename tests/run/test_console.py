@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from src.run.console import EpochLines, python_command
+from src.run.console import python_command
+from src.run.epoch_lines import EpochLines
 from src.run.summary import summary_line, sweep_summary
 
 ROOT = Path(__file__).resolve().parents[2]
