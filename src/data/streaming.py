@@ -14,7 +14,7 @@ Files are read and decoded in DataLoader worker processes with ``torchvision.io`
 transformed with ``transforms.v2``: the field's 224-px recipe, RandomResizedCrop + flip for training (``TrainCrop``:
 RandomResizedCrop's box, ``v2.functional.resized_crop``), Resize 256 + CenterCrop 224 for evaluation
 (``EvalCrop``; ``image_size`` / ``resize_size`` scale it). ``decode="reduced"`` (default) decodes a JPEG at 1/2, 1/4
-or 1/8 scale where the crop allows (``src/data/image_files.py``); ``decode="full"`` is the reference. An image that
+or 1/8 scale where the crop allows (``src/data/crops.py``); ``decode="full"`` is the reference. An image that
 cannot be read stops the run with one line naming the file; nothing is skipped. A worker that dies, or sends no
 batch for ``worker_timeout_s``, stops the run with one line too (``WorkerError``), never a hang.
 
@@ -44,9 +44,9 @@ from src.data.pipeline import normalize
 from src.data.tree import ClassTree
 
 
+from src.data.crops import TrainCrop, eval_transform
 from src.data.image_files import (DECODES, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ImageFiles, ImageReadError,
-                                   StreamingConfigError, TrainCrop, _collate_raw, collate_images, eval_transform,
-                                   split_raw)
+                                   StreamingConfigError, _collate_raw, collate_images, split_raw)
 from src.run.errors import UserError
 
 # How long the main process waits for a worker's batch before it stops the run. A batch of 128 large JPEGs takes

@@ -1,10 +1,9 @@
 """Range checks on the composed config (``check_config``) and its typed schema (dataclasses).
 
-``check_config`` works on any DictConfig, with or without the schema: each violation is one
-``ConfigError`` line naming the key. The dataclasses type the keys whose values users type on the
-command line; stored in Hydra's ConfigStore as ``base_config`` (and ``dataset/base_<kind>``,
-``trainer/base_trainer``) by ``register_schema`` (run at import), they make Hydra refuse ``seed=abc`` or
-``+trainer.foo=1`` at composition. conf/config.yaml, conf/trainer/default.yaml and each
+``check_config`` works on any DictConfig, with or without the schema: each violation is one ``ConfigError`` line
+naming the key. The dataclasses type the keys users type on the command line; stored in Hydra's ConfigStore as
+``base_config`` (and ``dataset/base_<kind>``, ``trainer/base_trainer``) by ``register_schema`` (at import), they make
+Hydra refuse ``seed=abc`` or ``+trainer.foo=1`` at composition. conf/config.yaml, conf/trainer/default.yaml and each
 conf/dataset/<name>.yaml name their schema first in their defaults list.
 """
 import difflib
@@ -201,7 +200,7 @@ class FolderConfig(DatasetConfig):
     prefetch_factor: int = 4
     persistent_workers: bool = True
     gpu_decode: bool = False
-    decode: str = "reduced"  # or "full": src/data/image_files.py, docs/streaming.md
+    decode: str = "reduced"  # or "full": src/data/crops.py, docs/streaming.md
 
 
 @dataclass
@@ -219,7 +218,7 @@ class StreamingConfig(DatasetConfig):
     prefetch_factor: int = 4
     persistent_workers: bool = True
     gpu_decode: bool = False
-    decode: str = "reduced"  # or "full": src/data/image_files.py, docs/streaming.md
+    decode: str = "reduced"  # or "full": src/data/crops.py, docs/streaming.md
 
 
 @dataclass
@@ -289,10 +288,8 @@ class Config:
     tune: Any = None  # conf/tune/: the Optuna study of python -m src.tune (src/tuning/)
 
 
-# The base each conf/model/*.yaml names first in its defaults list.
+# The base each conf/model/*.yaml and conf/dataset/*.yaml names first in its defaults list.
 MODEL_SCHEMAS = {"base_preact": ModelConfig, "base_torchvision": TorchvisionModelConfig}
-
-# The base each conf/dataset/*.yaml names first in its defaults list.
 DATASET_SCHEMAS = {"base_file": FileDatasetConfig, "base_cifar10": Cifar10Config, "base_svhn": SVHNConfig,
                    "base_folder": FolderConfig, "base_stream": StreamingConfig, "base_inat21": INat21Config,
                    "base_mbm": MBMConfig}

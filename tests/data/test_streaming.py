@@ -19,7 +19,8 @@ from helpers import FAST, compose_cfg
 
 from src.data.folder_stream import StreamingFolderDataModule, folder_datamodule
 from src.data.folder import FolderDataModule
-from src.data.image_files import EpochSampler, ImageReadError, StreamingConfigError, TrainCrop, sample_rng
+from src.data.crops import TrainCrop
+from src.data.image_files import EpochSampler, ImageReadError, StreamingConfigError, sample_rng
 from src.run.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]

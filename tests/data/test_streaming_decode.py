@@ -14,11 +14,11 @@ from torchvision.io import decode_jpeg
 import stream_files as sf
 
 from bench import stream as bench_stream
-from src.data import image_files
+from src.data import crops, image_files
 from src.data.benchmarks import AircraftDataModule, INat21MiniDataModule
 from src.data.folder_stream import StreamingFolderDataModule
-from src.data.image_files import (EvalCrop, ImageFiles, StreamingConfigError, TrainCrop, _collate_raw, jpeg_size,
-                                  read_image, sample_rng, split_raw)
+from src.data.crops import EvalCrop, TrainCrop, jpeg_size
+from src.data.image_files import ImageFiles, StreamingConfigError, _collate_raw, read_image, sample_rng, split_raw
 from src.data.streaming import WorkerError, WorkerLoader
 
 
@@ -43,14 +43,14 @@ def compare(paths: list[str], image_size: int, resize_size: int, epochs: int = 3
     decode="reduced" against decode="full" over the training crops of a few epochs and the evaluation crop."""
     train, evaluate = TrainCrop(image_size), EvalCrop(image_size, resize_size)
     worst_diff, values = 0, []
-    calls = image_files.decode_reduced
+    calls = crops.decode_reduced
     counted = []
 
     def counting(*args):
         counted.append(1)
         return calls(*args)
 
-    image_files.decode_reduced = counting
+    crops.decode_reduced = counting
     try:
         for path in paths:
             full = read_image(path)
@@ -62,7 +62,7 @@ def compare(paths: list[str], image_size: int, resize_size: int, epochs: int = 3
                 values.append(psnr(a, b))
                 worst_diff = max(worst_diff, int((a.int() - b.int()).abs().max()))
     finally:
-        image_files.decode_reduced = calls
+        crops.decode_reduced = calls
     return min(values), worst_diff, len(counted), sorted(values)[len(values) // 2]
 
 
@@ -96,7 +96,7 @@ def test_every_crop_box_is_the_full_decodes(jpegs, monkeypatch):
 
 
 def test_the_crop_is_torchvisions_resized_crop_and_the_batch_is_channels_last(jpegs):
-    """decode=full's reference pixels: image_files.resized_crop (the box copied out channels-last first) must equal
+    """decode=full's reference pixels: crops.resized_crop (the box copied out channels-last first) must equal
     ``TF.resized_crop(..., antialias=True)`` exactly, for boxes that shrink, enlarge, keep the size, touch the edges;
     and collate_images must give default_collate's values, channels-last."""
     from torch.utils.data import default_collate
