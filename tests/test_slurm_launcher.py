@@ -86,6 +86,21 @@ def test_a_stale_lock_is_taken_over(tmp_path, caplog):
     assert f"pid {dead.pid} is gone" in caplog.text
 
 
+def test_a_lock_of_a_zombie_is_taken_over(tmp_path, caplog):
+    """A killed launcher's worker stays a zombie where PID 1 reaps no orphans (containers, CI): it writes nothing.
+    Bug this catches: its /proc entry read as alive, the rerun refusing its own sweep's jobs as 'being written'."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            pass  # exited, not yet reaped: a zombie
+        (tmp_path / LOCK).write_text(json.dumps({**me(), "pid": zombie.pid, "pid_start": None}))
+        with run_lock(tmp_path):
+            assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+        assert f"pid {zombie.pid} is gone" in caplog.text
+    finally:
+        zombie.wait()
+
+
 def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path, caplog):
     """A reused pid: alive, but started at another time than the holder the lock names."""
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -50,7 +50,10 @@ def _start_time(pid: int) -> Optional[str]:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    # A zombie has exited and only waits for its parent to reap it; a killed launcher's worker can stay one for
+    # good where PID 1 does not reap orphans (containers): it writes nothing, its lock is stale.
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def me() -> dict:
