@@ -12,7 +12,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from src.run.config import Cifar10Config, Config, FileDatasetConfig, FolderConfig, SVHNConfig, TrainerConfig, check_config
+from src.run.config import check_config
+from src.run.schema import Cifar10Config, Config, FileDatasetConfig, FolderConfig, SVHNConfig, TrainerConfig
 from src.run.errors import ConfigError
 from tests.conftest import compose_cfg
 
