@@ -1,10 +1,16 @@
 """Decoding only what the crop needs, and the crops: ``TrainCrop`` (the field's RandomResizedCrop + flip) and
 ``EvalCrop`` (Resize + CenterCrop), each also ``from_file``: the box drawn from the JPEG header's full size with the
-same numbers as on the decoded image, then decoded at the largest DCT scale (1/2, 1/4, 1/8) that keeps the box (or
-the short side) at least at the size it is resized to (libjpeg-turbo through PIL's ``draft``), then resized the rest
-of the way. ``dataset.decode="full"`` decodes every pixel first: the reference (docs/streaming.md: why PIL, and the
-pixel bound). Apart from ``src/data/image_files.py`` (reading files in workers, the dataset, the sampler, batches)."""
+same numbers as on the decoded image, then only the box's region decoded (libjpeg-turbo's ``jpeg_crop_scanline`` and
+``jpeg_skip_scanlines``: ``src/data/jpeg_roi.c``), at the largest DCT scale (1/2, 1/4, 1/8) that keeps the box (or
+the short side) at least at the size it is resized to, then resized the rest of the way. At full scale the region's
+pixels are the full decode's. ``dataset.decode="full"`` decodes every pixel first: the reference (docs/streaming.md:
+why this decoder, and the pixel bound). Without the compiled decoder (no C compiler or libjpeg headers at install)
+whole images are decoded, at the DCT scale through PIL's ``draft``. Apart from ``src/data/image_files.py`` (reading
+files in workers, the dataset, the sampler, batches)."""
+import ctypes
+import importlib.util
 import io
+import logging
 import math
 import warnings
 from typing import Optional
@@ -18,7 +24,34 @@ from torchvision.transforms.v2 import functional as TF
 
 from src.data.image_files import _read_error, read_bytes, read_image
 
+log = logging.getLogger(__name__)
 DCT_SCALES = (8, 4, 2)  # libjpeg's fast reductions; its N/8 ones (7/8, 3/4, ...) decode slower than full size here
+MARGIN = 4  # columns decoded beyond the region on each side: its edge columns' chroma then has both neighbours
+DECODER_VERSION = 1  # jpeg_roi_version() of src/data/jpeg_roi.c: its functions' signatures as called here
+_decoder: Optional[object] = None  # the compiled region decoder (ctypes), loaded once per process; False: not built
+
+
+def region_decoder() -> Optional[ctypes.CDLL]:
+    """libjpeg-turbo's region decoding (the extension ``src.data._jpeg_roi``), or None when it was not built."""
+    global _decoder
+    if _decoder is None:
+        _decoder = False
+        spec = importlib.util.find_spec("src.data._jpeg_roi")
+        try:
+            lib = ctypes.CDLL(spec.origin) if spec is not None and spec.origin else None
+        except OSError as e:
+            log.warning("the region JPEG decoder does not load (%s): decoding whole images", e)
+            lib = None
+        if lib is not None and (not hasattr(lib, "jpeg_roi_version") or lib.jpeg_roi_version() != DECODER_VERSION):
+            log.warning("the region JPEG decoder in %s is an older build: decoding whole images until it is "
+                        "rebuilt (pip install -e .)", spec.origin)
+            lib = None
+        if lib is not None:
+            lib.jpeg_roi_decode.restype = ctypes.c_int
+            lib.jpeg_roi_decode.argtypes = [ctypes.c_void_p, ctypes.c_ulong, *[ctypes.c_int] * 6, ctypes.c_void_p,
+                                            ctypes.c_char_p, ctypes.c_int]
+            _decoder = lib
+    return _decoder or None
 
 
 def jpeg_size(data: torch.Tensor) -> Optional[tuple[int, int]]:
@@ -48,9 +81,37 @@ def reduction(size: tuple[int, int], needed: tuple[int, int]) -> int:
     return next((d for d in DCT_SCALES if size[0] / d >= needed[0] and size[1] / d >= needed[1]), 1)
 
 
-def decode_reduced(data: torch.Tensor, d: int, path: str) -> tuple[torch.Tensor, float, float]:
-    """(the JPEG ``data`` decoded at 1/d in the DCT domain, uint8 (3, h, w), and its height and width ÷ the full
-    size's). PIL's ``draft`` asks libjpeg-turbo for the reduced decode (docs/streaming.md: why PIL)."""
+def scaled_region(box: tuple[int, int, int, int], size: tuple[int, int], d: int) -> tuple[int, int, int, int]:
+    """The box (top, left, h, w) of an image of ``size`` (height, width) on that image decoded at 1/d, whose size is
+    libjpeg's (each side rounded up): corners rounded to the reduced grid, the far ones kept inside it."""
+    if d == 1:
+        return box
+    top, left, h, w = box
+    sh, sw = -(-size[0] // d), -(-size[1] // d)
+    sy, sx = sh / size[0], sw / size[1]
+    top, left = int(round(top * sy)), int(round(left * sx))
+    return top, left, min(int(round(h * sy)), sh - top), min(int(round(w * sx)), sw - left)
+
+
+def decode_region(data: torch.Tensor, d: int, region: tuple[int, int, int, int], path: str) -> torch.Tensor:
+    """Rows and columns ``region`` (top, left, h, w) of the JPEG ``data`` decoded at 1/d in the DCT domain, uint8
+    (3, h, w), channels-last in memory. The compiled decoder decodes no more than the region needs; without it the
+    whole image is decoded (at full scale with torchvision.io, as decode="full"; reduced through PIL's ``draft``)."""
+    top, left, h, w = region
+    lib = region_decoder()
+    if lib is None:
+        image = read_image(path, data) if d == 1 else _pil_reduced(data, d, path)
+        return image[:, top:top + h, left:left + w]
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    message = ctypes.create_string_buffer(200)
+    if lib.jpeg_roi_decode(data.data_ptr(), data.numel(), d, top, left, h, w, MARGIN, out.ctypes.data, message,
+                           len(message)) != 0:
+        raise _read_error(path, ValueError(message.value.decode(errors="replace")))
+    return torch.from_numpy(out).permute(2, 0, 1)
+
+
+def _pil_reduced(data: torch.Tensor, d: int, path: str) -> torch.Tensor:
+    """The JPEG ``data`` decoded whole at 1/d through PIL's ``draft`` (libjpeg-turbo), uint8 (3, h, w)."""
     try:
         with Image.open(io.BytesIO(data.numpy())) as image:
             width, height = image.size
@@ -61,8 +122,7 @@ def decode_reduced(data: torch.Tensor, d: int, path: str) -> tuple[torch.Tensor,
     with warnings.catch_warnings():  # read-only pixels: the crop only reads them
         warnings.simplefilter("ignore", UserWarning)
         # (3, h, w) as a view of the (h, w, 3) pixels: channels-last memory, torch's fast uint8 antialiased resize.
-        out = torch.from_numpy(pixels).permute(2, 0, 1)
-    return out, out.shape[1] / height, out.shape[2] / width
+        return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def resized_crop(image: torch.Tensor, top: int, left: int, h: int, w: int, size: int) -> torch.Tensor:
@@ -119,31 +179,22 @@ class TrainCrop:
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         return self.crop(image, self.box(*image.shape[-2:], rng), rng)
 
-    def crop(self, image: torch.Tensor, box: tuple[int, int, int, int], rng: np.random.Generator,
-             scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
-        """The box (in full-size pixels) of ``image`` decoded at ``scale`` (its size ÷ the full size), resized."""
-        top, left, h, w = box
-        if scale != (1.0, 1.0):
-            sy, sx = scale
-            top, left = int(round(top * sy)), int(round(left * sx))
-            h = min(int(round(h * sy)), image.shape[1] - top)
-            w = min(int(round(w * sx)), image.shape[2] - left)
-        out = resized_crop(image, top, left, h, w, self.image_size)
+    def crop(self, image: torch.Tensor, box: tuple[int, int, int, int], rng: np.random.Generator) -> torch.Tensor:
+        """The box (top, left, h, w) of ``image``, resized, flipped or not."""
+        out = resized_crop(image, *box, self.image_size)
         return TF.horizontal_flip(out) if self.flip and rng.random() < 0.5 else out
 
     def from_file(self, path: str, rng: np.random.Generator) -> torch.Tensor:
-        """As ``self(read_image(path), rng)``, the same box from the same draws, decoding at the DCT scale that
-        keeps the box at least ``image_size`` on both sides."""
+        """As ``self(read_image(path), rng)``, the same box from the same draws, decoding only the box, at the DCT
+        scale that keeps it at least ``image_size`` on both sides."""
         data = read_bytes(path)
         size = jpeg_size(data)
         if size is None:
             return self(read_image(path, data), rng)
         box = self.box(*size, rng)
         d = reduction(box[2:], (self.image_size, self.image_size))
-        if d == 1:
-            return self.crop(read_image(path, data), box, rng)  # exactly decode="full"'s pixels
-        decoded, sy, sx = decode_reduced(data, d, path)
-        return self.crop(decoded, box, rng, (sy, sx))
+        region = scaled_region(box, size, d)
+        return self.crop(decode_region(data, d, region, path), (0, 0, *region[2:]), rng)
 
 
 class EvalCrop:
@@ -162,7 +213,9 @@ class EvalCrop:
         data = read_bytes(path)
         size = jpeg_size(data)
         d = 1 if size is None else reduction((min(size),) * 2, (self.resize_size,) * 2)
-        return self(read_image(path, data) if d == 1 else decode_reduced(data, d, path)[0])
+        if d == 1:
+            return self(read_image(path, data))
+        return self(decode_region(data, d, scaled_region((0, 0, *size), size, d), path))
 
 
 def eval_transform(image_size: int, resize_size: int) -> EvalCrop:

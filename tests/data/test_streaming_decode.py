@@ -43,14 +43,14 @@ def compare(paths: list[str], image_size: int, resize_size: int, epochs: int = 3
     decode="reduced" against decode="full" over the training crops of a few epochs and the evaluation crop."""
     train, evaluate = TrainCrop(image_size), EvalCrop(image_size, resize_size)
     worst_diff, values = 0, []
-    calls = crops.decode_reduced
+    calls = crops.decode_region
     counted = []
 
-    def counting(*args):
-        counted.append(1)
-        return calls(*args)
+    def counting(data, d, *args):
+        counted.extend([1] if d > 1 else [])
+        return calls(data, d, *args)
 
-    crops.decode_reduced = counting
+    crops.decode_region = counting
     try:
         for path in paths:
             full = read_image(path)
@@ -62,8 +62,21 @@ def compare(paths: list[str], image_size: int, resize_size: int, epochs: int = 3
                 values.append(psnr(a, b))
                 worst_diff = max(worst_diff, int((a.int() - b.int()).abs().max()))
     finally:
-        crops.decode_reduced = calls
+        crops.decode_region = calls
     return min(values), worst_diff, len(counted), sorted(values)[len(values) // 2]
+
+
+@pytest.fixture(params=["region", "whole"])
+def decoder(request, monkeypatch):
+    """Both ways of decode="reduced": the compiled region decoder, and without it (whole images; PIL's draft)."""
+    if request.param == "region":
+        if crops.region_decoder() is None:
+            if os.environ.get("CI"):
+                pytest.fail("the region JPEG decoder (src/data/jpeg_roi.c) was not built by the install")
+            pytest.skip("the region JPEG decoder was not built here (no C compiler or libjpeg headers)")
+    else:
+        monkeypatch.setattr(crops, "_decoder", False)
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +86,7 @@ def jpegs(tmp_path_factory):
             (((500, 375), 6), ((1000, 750), 6), ((2000, 1500), 4))}
 
 
-def test_every_crop_box_is_the_full_decodes(jpegs, monkeypatch):
+def test_every_crop_box_is_the_full_decodes(jpegs, monkeypatch, decoder):
     """The box is drawn from the header's size with the same numbers: record every box both paths draw."""
     boxes = {"full": [], "reduced": []}
     draw = TrainCrop.box
@@ -119,13 +132,13 @@ def test_the_crop_is_torchvisions_resized_crop_and_the_batch_is_channels_last(jp
     assert stacked.shape == (len(images), 3, 224, 224) and stacked.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_bench_images_decode_exactly_as_the_full_decode(jpegs):
+def test_bench_images_decode_exactly_as_the_full_decode(jpegs, decoder):
     """500 × 375 to 224: no box reaches 448 px nor a short side 512, so every image decodes at full scale."""
     assert compare(jpegs[(500, 375)], 224, 256)[:3] == (math.inf, 0, 0)
 
 
 @pytest.mark.parametrize("size, median", [((1000, 750), 42.0), ((2000, 1500), 38.5)])
-def test_larger_images_decode_at_a_reduced_scale_within_the_measured_bound(jpegs, size, median):
+def test_larger_images_decode_at_a_reduced_scale_within_the_measured_bound(jpegs, size, median, decoder):
     """Measured on 20 images × 8 epochs each (docs/streaming.md): worst PSNR 30.7 dB at 1000 × 750 and 30.3 dB at
     2000 × 1500 (a synthetic noise texture: the hard case); asserted >= 29 dB, and the median (a crop shifted by
     one pixel drops it far below) within 2 dB of what these images measure."""
@@ -135,7 +148,7 @@ def test_larger_images_decode_at_a_reduced_scale_within_the_measured_bound(jpegs
 
 
 @pytest.mark.parametrize("make, cls", [(sf.inat21, INat21MiniDataModule), (sf.aircraft, AircraftDataModule)])
-def test_inat_and_aircraft_fixtures_within_the_bound(tmp_path, make, cls):
+def test_inat_and_aircraft_fixtures_within_the_bound(tmp_path, make, cls, decoder):
     """The fixtures' 40 × 30 JPEGs (one per class): at 224 px nothing is reduced (identical); at 8 px (Resize 9) every image
     crop of a box >= 16 px and every evaluation crop decode at 1/2: over 64 files × 8 epochs each, worst PSNR 36.6 dB, max difference 14."""
     dm = cls(data_dir=str(make(tmp_path / "data", train=1, test=1)))
@@ -146,7 +159,7 @@ def test_inat_and_aircraft_fixtures_within_the_bound(tmp_path, make, cls):
     assert worst_psnr >= 34.0 and worst_diff <= 20
 
 
-def test_the_datamodule_decodes_as_asked(jpegs, tmp_path):
+def test_the_datamodule_decodes_as_asked(jpegs, tmp_path, decoder):
     root = tmp_path / "folder"
     for c, path in enumerate(jpegs[(1000, 750)][:4]):
         for split in ("train", "test"):
@@ -162,6 +175,51 @@ def test_the_datamodule_decodes_as_asked(jpegs, tmp_path):
         assert full.shape == reduced.shape and 32.0 <= psnr(full, reduced) < math.inf
     with pytest.raises(StreamingConfigError, match="dataset.decode must be one of reduced|full"):
         StreamingFolderDataModule(root=str(root), decode="fast")
+
+
+def jpeg_bytes(image: torch.Tensor, **save) -> torch.Tensor:
+    """``image`` (3, H, W) saved as a JPEG by PIL with ``save``'s options (subsampling, progressive, mode L)."""
+    import io
+    from PIL import Image
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    pil = pil.convert("L") if save.pop("mode", "RGB") == "L" else pil
+    buffer = io.BytesIO()
+    pil.save(buffer, "JPEG", quality=85, **save)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def test_a_region_decoded_alone_is_the_full_decodes_pixels(jpegs, decoder):
+    """At full scale every pixel of the region equals decode_image's there: boxes at the edges, on and off the
+    16-px block grid, one pixel, the whole image; 4:4:4, 4:2:2, 4:2:0 chroma, progressive, grey, odd sizes. Without
+    the margin the region's edge columns differ (by up to 16 here): their chroma is upsampled as an image edge."""
+    crop = TrainCrop(224)
+    image = read_image(jpegs[(500, 375)][0])[:, :251, :333]
+    files = [image_files.read_bytes(p) for p in jpegs[(500, 375)][:3]]
+    files += [jpeg_bytes(image, subsampling=s) for s in (0, 1, 2)]
+    files += [jpeg_bytes(image, subsampling=2, progressive=True), jpeg_bytes(image, mode="L")]
+    for i, data in enumerate(files):
+        full = read_image("x", data)
+        height, width = full.shape[1:]
+        boxes = [crop.box(height, width, sample_rng(0, e, i)) for e in range(12)]
+        boxes += [(0, 0, height, width), (0, 0, 1, 1), (height - 1, width - 1, 1, 1), (0, 16, 100, 32),
+                  (16, 0, 50, 16), (3, 15, 17, 17), (0, width - 17, height, 17), (height - 40, 1, 40, width - 2)]
+        for top, left, h, w in boxes:
+            region = crops.decode_region(data, 1, (top, left, h, w), "x")
+            assert region.shape == (3, h, w) and torch.equal(region, full[:, top:top + h, left:left + w]), (i, top,
+                                                                                                            left, h, w)
+
+
+def test_a_corrupt_jpeg_is_one_line_naming_the_file(jpegs, decoder, tmp_path):
+    data = image_files.read_bytes(jpegs[(1000, 750)][0])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(data.numpy()[:2000].tobytes() + b"\xff\xd9" + bytes(range(256)) * 4)  # the scan cut short
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(data.numpy()[:600].tobytes())  # inside the tables: no frame to decode
+    out = TrainCrop(224).from_file(str(bad), sample_rng(0, 0, 0))  # libjpeg fills what is missing, as decode_image
+    assert out.shape == (3, 224, 224) and out.dtype == torch.uint8
+    with pytest.raises(image_files.ImageReadError) as error:
+        TrainCrop(224).from_file(str(broken), sample_rng(0, 0, 0))
+    assert str(broken) in str(error.value) and len(str(error.value).splitlines()) == 1
 
 
 def test_jpeg_size_reads_the_frame_header(jpegs, tmp_path):
