@@ -18,6 +18,10 @@ here) and the same batch size, alternating for ``--rounds`` rounds (each ratio i
   per batch to stack it, and MB per batch.
 - ``gpu``: with a CUDA device, ``dataset.gpu_decode=true``'s images/s (workers read bytes, nvJPEG decodes the batch,
   the crops are cut on the GPU) and its ratio to the CPU loader; without one it says so.
+- ``per_image_ms``: one core's milliseconds per training image, in this process (no DataLoader), minimum of
+  ``--rounds``: reading + decoding the whole file (``decode_only``'s work), decoding only the crop's region (the
+  compiled decoder, ``src/data/jpeg_roi.c``; null when it is not built), the resize of that region to 224 px, and
+  ``TrainCrop.from_file`` whole (what a worker does per image, the batch aside).
 - ``train_fed``: images/s of training steps (torchvision ResNet-18, SGD, ``--train-batch`` images of 224 px) fed
   by the streaming loader ÷ the same steps on the same batches already in memory: does the loader keep the model
   fed while its workers share the CPU with it?
@@ -134,6 +138,34 @@ def batch_transfer(batch: int, size: int = 224, repeats: int = 5) -> dict:
             torch.stack(images, out=torch.empty(0, dtype=dtype).set_(shared).view(batch, 3, size, size))
             best = min(best, time.perf_counter() - start)
         out[name] = {"ms_per_batch": round(1000 * best, 2), "mb_per_batch": round(batch * images[0].nbytes / 1e6, 1)}
+    return out
+
+
+def per_image_ms(paths: list[str], rounds: int) -> dict:
+    """ms per image of each stage on one core (the first 300 files), the minimum over ``rounds``."""
+    from src.data.crops import TrainCrop, decode_region, jpeg_size, region_decoder, resized_crop
+    from src.data.image_files import read_bytes, sample_rng
+
+    paths, crop = paths[:300], TrainCrop(224)
+    data = [read_bytes(p) for p in paths]
+    boxes = [crop.box(*jpeg_size(d), sample_rng(0, 0, i)) for i, d in enumerate(data)]
+    regions = [decode_region(d, 1, b, p) for d, b, p in zip(data, boxes, paths)]
+    stages = {"read_and_decode_whole": lambda: [decode_jpeg(read_file(p)) for p in paths],
+              "decode_region": lambda: [decode_region(d, 1, b, p) for d, b, p in zip(data, boxes, paths)],
+              "resize_region": lambda: [resized_crop(r, 0, 0, *r.shape[1:], 224) for r in regions],
+              "from_file": lambda: [crop.from_file(p, sample_rng(0, 0, i)) for i, p in enumerate(paths)]}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = dict.fromkeys(stages, float("inf"))
+    for _ in range(rounds):
+        for name, stage in stages.items():
+            start = time.perf_counter()
+            stage()
+            best[name] = min(best[name], time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    out = {name: round(1000 * t / len(paths), 3) for name, t in best.items()}
+    if region_decoder() is None:
+        out["decode_region"] = None  # decode_region decoded whole images: not the region decoder's figure
     return out
 
 
@@ -266,7 +298,7 @@ def main() -> None:
           "train_batch": args.train_batch, "train_steps": args.train_steps, "torch_threads": torch.get_num_threads(),
           "images_per_s": {k: round(statistics.median(v), 1) for k, v in rounds.items()},
           **{name: ratio_summary(values) for name, values in ratio.items()},
-          "batch_transfer": batch_transfer(args.batch), "gpu": gpu})
+          "batch_transfer": batch_transfer(args.batch), "per_image_ms": per_image_ms(paths, args.rounds), "gpu": gpu})
 
 
 if __name__ == "__main__":
