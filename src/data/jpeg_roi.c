@@ -10,6 +10,8 @@
 #include <string.h>
 #include <jpeglib.h>
 
+#define ROWS 16 /* rows read per call */
+
 struct error_mgr {
   struct jpeg_error_mgr pub;
   jmp_buf jump;
@@ -70,7 +72,7 @@ int jpeg_roi_decode(const unsigned char *data, unsigned long size, int denom, in
     jpeg_crop_scanline(&cinfo, &x, &w); /* x moves left to an iMCU boundary, w grows to match */
   else
     x = 0;
-  row = malloc((size_t)w * 3);
+  row = malloc((size_t)w * 3 * ROWS);
   if (row == NULL) {
     snprintf(message, message_len, "out of memory");
     jpeg_destroy_decompress(&cinfo);
@@ -78,16 +80,20 @@ int jpeg_roi_decode(const unsigned char *data, unsigned long size, int denom, in
   }
   if (top > 0)
     jpeg_skip_scanlines(&cinfo, (JDIMENSION)top);
-  for (y = 0; y < height; y++) {
-    JSAMPROW rows[1];
-    rows[0] = row;
-    if (jpeg_read_scanlines(&cinfo, rows, 1) != 1) {
+  for (y = 0; y < height;) { /* several rows per call: libjpeg hands out a row group at a time */
+    JSAMPROW rows[ROWS];
+    int k, n, want = height - y < ROWS ? height - y : ROWS;
+    for (k = 0; k < want; k++)
+      rows[k] = row + (size_t)k * w * 3;
+    n = (int)jpeg_read_scanlines(&cinfo, rows, (JDIMENSION)want);
+    if (n <= 0) {
       snprintf(message, message_len, "no scanline %d", top + y);
       jpeg_destroy_decompress(&cinfo);
       free(row);
       return -1;
     }
-    memcpy(out + (size_t)y * width * 3, row + (size_t)(left - (int)x) * 3, (size_t)width * 3);
+    for (k = 0; k < n; k++, y++)
+      memcpy(out + (size_t)y * width * 3, rows[k] + (size_t)(left - (int)x) * 3, (size_t)width * 3);
   }
   free(row);
   jpeg_abort_decompress(&cinfo); /* the rows below the region are never decoded */

@@ -13,8 +13,9 @@ cases, as CIFAR-100's) and lists its files: ``samples(split)`` -> ``[(path, clas
 Files are read and decoded in DataLoader worker processes with ``torchvision.io`` (libjpeg-turbo), then
 transformed with ``transforms.v2``: the field's 224-px recipe, RandomResizedCrop + flip for training (``TrainCrop``:
 RandomResizedCrop's box, ``v2.functional.resized_crop``), Resize 256 + CenterCrop 224 for evaluation
-(``EvalCrop``; ``image_size`` / ``resize_size`` scale it). ``decode="reduced"`` (default) decodes a JPEG at 1/2, 1/4
-or 1/8 scale where the crop allows (``src/data/crops.py``); ``decode="full"`` is the reference. An image that
+(``EvalCrop``; ``image_size`` / ``resize_size`` scale it). ``decode="reduced"`` (default) decodes only the crop's
+region of a JPEG, at 1/2, 1/4 or 1/8 scale where the crop allows (``src/data/crops.py``); ``decode="full"`` is the
+reference. An image that
 cannot be read stops the run with one line naming the file; nothing is skipped. A worker that dies, or sends no
 batch for ``worker_timeout_s``, stops the run with one line too (``WorkerError``), never a hang.
 
@@ -31,6 +32,7 @@ depend on the number of workers, on which worker reads the file, or on a resume.
 device="cuda")`` (nvJPEG, batched), then crops on the GPU. JPEG files only; the crops are then drawn from the
 global RNG of the main process, not per image. The workers' side is tested on the CPU; the decoding needs a GPU.
 """
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Optional, Union
 
@@ -40,15 +42,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from src.data.pipeline import normalize
-from src.data.tree import ClassTree
-
-
-from src.data.crops import TrainCrop, eval_transform
+from src.data.crops import TrainCrop, eval_transform, region_decoder
 from src.data.image_files import (DECODES, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ImageFiles, ImageReadError,
                                    StreamingConfigError, _collate_raw, collate_images, split_raw)
+from src.data.pipeline import normalize
+from src.data.tree import ClassTree
 from src.run.errors import UserError
 
+log = logging.getLogger(__name__)
 # How long the main process waits for a worker's batch before it stops the run. A batch of 128 large JPEGs takes
 # seconds; minutes mean a worker is stuck or its batch was lost (a worker that exits is noticed within 5 s anyway).
 WORKER_TIMEOUT_S = 600
@@ -177,6 +178,9 @@ class StreamingDataModule(pl.LightningDataModule):
             raise StreamingConfigError("dataset.gpu_decode=true needs a CUDA device and there is none; "
                                        "set dataset.gpu_decode=false")
         if not self.splits:
+            if self.decode == "reduced" and not self.gpu_decode and region_decoder() is None:
+                log.warning("dataset.decode=reduced: the region JPEG decoder was not built at install (it needs a C "
+                            "compiler and libjpeg headers: libjpeg-dev); decoding whole images")
             self.splits = self._split({split: self.samples(split) for split in ("train", "test")})
 
     def _split(self, data: dict[str, list[tuple[str, int]]]) -> dict[str, tuple[ImageFiles, torch.Tensor, torch.Tensor]]:
