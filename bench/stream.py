@@ -275,11 +275,12 @@ def main() -> None:
     rounds = {"streaming": [], "streaming_full_decode": [], "streaming_normalised_here": [], "imagefolder": [],
               "decode_only": [], "train_fed": [], "train_in_memory": []}
     for _ in range(args.rounds):
+        # Each ratio's two sides back to back: a busy machine's load drifts less between them.
         rounds["streaming"].append(first_then_time(streaming))
-        rounds["streaming_full_decode"].append(first_then_time(streaming_full))
-        rounds["streaming_normalised_here"].append(first_then_time(streaming, normalise))
-        rounds["imagefolder"].append(first_then_time(imagefolder))
         rounds["decode_only"].append(first_then_time(decode))
+        rounds["streaming_full_decode"].append(first_then_time(streaming_full))
+        rounds["imagefolder"].append(first_then_time(imagefolder))
+        rounds["streaming_normalised_here"].append(first_then_time(streaming, normalise))
         fed, kept = fed_live()
         rounds["train_fed"].append(fed)
         rounds["train_in_memory"].append(train_images_per_s(kept))
