@@ -32,6 +32,7 @@ from src.run.config import did_you_mean, schema_keys
 from src.run.errors import ConfigError, exit_code, user_error
 from src.run.lock import RunLocked, run_lock
 from src.run.records import is_rank_zero, record_failure
+from src.run import zygote
 from src.run.worker import DIE_WITH_PARENT, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:
     from src.run.console import quiet
 
     entered()
+    zygote.stop()  # a job run in the launcher's process (hydra/launcher=basic from a config): no local workers
     patch_lightning()
     quiet()
     hydra_cfg = HydraConfig.get()

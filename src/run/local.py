@@ -34,6 +34,7 @@ from src.run.errors import ConfigError
 from src.run.jobs import Job, failed_any, plan, summary
 from src.run.resources import (GpuSlots, Machine, auto_jobs, check_hardware, devices_of, needs_of, on_gpu,
                                this_machine, visible_devices)
+from src.run import zygote
 from src.run.summary import leave_summary_to_launcher
 from src.run.worker import DIE_WITH_PARENT
 
@@ -42,7 +43,7 @@ SIDE_BY_SIDE = "HAL_JOBS_SIDE_BY_SIDE"  # how many jobs the local launcher runs 
 
 @dataclass
 class Worker:
-    process: subprocess.Popen
+    process: object  # a subprocess.Popen, or a zygote.Forked: .pid (its process group) and .wait()
     jobs: Connection  # the launcher writes jobs here
     answers: Connection  # and reads how they ended here
     gpus: tuple = ()
@@ -72,14 +73,18 @@ def worker_env(gpus: tuple, machine: Machine, side_by_side: int) -> dict:
 
 
 def start_worker(gpus: tuple, machine: Machine, side_by_side: int) -> Worker:
+    """A worker forked by the zygote (``src/run/zygote.py``: its imports done), or else a new process."""
     read_jobs, write_jobs = os.pipe()
     read_answers, write_answers = os.pipe()
     env = worker_env(gpus, machine, side_by_side)
-    # Its own session: Ctrl-C in the terminal reaches the launcher alone, which passes it on exactly once.
-    spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m src.train: src.train
-    process = subprocess.Popen([sys.executable, "-m", "src.run.worker", str(read_jobs), str(write_answers),
-                                spec.name if spec is not None else ""],
-                               pass_fds=(read_jobs, write_answers), env=env, start_new_session=True)
+    forker = zygote.running()
+    process = forker.fork(env, (read_jobs, write_answers)) if forker else None
+    if process is None:
+        # Its own session: Ctrl-C in the terminal reaches the launcher alone, which passes it on exactly once.
+        spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m src.train: src.train
+        process = subprocess.Popen([sys.executable, "-m", "src.run.worker", str(read_jobs), str(write_answers),
+                                    spec.name if spec is not None else ""],
+                                   pass_fds=(read_jobs, write_answers), env=env, start_new_session=True)
     os.close(read_jobs), os.close(write_answers)
     return Worker(process, Connection(write_jobs, readable=False), Connection(read_answers, writable=False), gpus)
 
@@ -124,7 +129,7 @@ class Pool:
                 self.retire(idle[0])
             worker = start_worker(gpus, self.machine, self.n)
             self.workers.append(worker)
-        payload = (self.launcher, job.overrides, job.index, Singleton.get_state(), str(job.run_dir))
+        payload = (self.launcher, job.config, Singleton.get_state(), str(job.run_dir))
         import cloudpickle  # as submitit pickles the launcher into each SLURM job
 
         worker.job = job
@@ -223,8 +228,11 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     pool = Pool(launcher, n, machine, launcher.params.get("jobs_per_gpu", 1))
-    if todo:
-        pool.run(todo)
+    try:
+        if todo:
+            pool.run(todo)
+    finally:
+        zygote.stop()  # every worker is gone
     for job in todo:
         job.outcome = job.outcome or "interrupted"  # never started: a signal came first
     report = f"report: {python_command()} -m src.report {shown(launcher.config.hydra.sweep.dir)}"
