@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 from bench.common import emit
+from src.run.provenance import NOT_RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
-# Fields that measure time or place, not results.
-TIMING = {"duration_s", "train_images_per_s", "test_images_per_s", "resumed_at_epoch", "machine", "git_commit"}
 
 
 def run(sweep_dir: Path, overrides: list[str]) -> dict:
@@ -41,7 +40,7 @@ def run(sweep_dir: Path, overrides: list[str]) -> dict:
 
 
 def records(sweep_dir: Path) -> dict:
-    return {p.parent.name: {k: v for k, v in json.loads(p.read_text()).items() if k not in TIMING}
+    return {p.parent.name: {k: v for k, v in json.loads(p.read_text()).items() if k not in NOT_RESULTS}
             for p in sweep_dir.glob("*/metrics.json")}
 
 

@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 
 from src.run.resources import GB, GpuSlots, Machine, Needs, auto_jobs, check_hardware, no_gpu_driver, visible_devices
 from src.run.errors import ConfigError
+from src.run.provenance import NOT_RESULTS
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMING = ("duration_s", "train_images_per_s", "test_images_per_s", "resumed_at_epoch", "git_commit", "machine")
 SWEEP = ["experiment=smoke", "trainer.accelerator=cpu", "threads=1"]
 
 
@@ -92,7 +92,7 @@ def records(sweep_dir: Path) -> dict:
 
 
 def without_timing(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMING}
+    return {k: v for k, v in record.items() if k not in NOT_RESULTS}
 
 
 def children(pid: int) -> list[int]:
