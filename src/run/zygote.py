@@ -16,9 +16,7 @@ forked children share those pages: N workers ready when one import is.
 - It imports only: no CUDA, no torch thread pool, no file a job writes. (numpy's and scipy's OpenBLAS start idle
   threads at import; OpenBLAS stops them around ``fork``.) It exits when the launcher closes its socket.
 """
-import ast
 import atexit
-import importlib.util
 import os
 import pickle
 import select
@@ -30,9 +28,6 @@ import traceback
 from typing import Optional, Sequence
 
 ENV = "HAL_ZYGOTE"
-# Imported inside libraries and datamodules when a job starts, beyond the launching module's own imports:
-# Lightning's TensorBoardLogger (the default logger), scikit-learn's digits. One missing here costs time, not results.
-LAZY = ("torch", "pytorch_lightning", "torch.utils.tensorboard", "sklearn.datasets", "sklearn.model_selection")
 NOT_A_SWEEP = ("-c", "--cfg", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion")
 SIZE = 1 << 20  # a message's largest size (a pickled environment is a few kB)
 
@@ -145,15 +140,6 @@ class Forked:
         return self.zygote.wait(self.pid)
 
 
-def imports_of(module: str) -> list[str]:
-    """The modules ``module``'s source imports, in its functions too (``src.train`` imports Lightning, the models
-    and the callbacks inside ``build`` and ``train``)."""
-    tree = ast.parse(open(importlib.util.find_spec(module).origin).read())
-    return [name for node in ast.walk(tree) for name in (
-        [a.name for a in node.names] if isinstance(node, ast.Import) else
-        [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])]
-
-
 def child(sock: socket.socket, wakeup: tuple, fds: list[int], env: dict, cwd: str, forked: int) -> None:
     """In a forked child: become a worker (``src/run/worker.py``); never return to the zygote's loop."""
     code = 1
@@ -183,16 +169,12 @@ def child(sock: socket.socket, wakeup: tuple, fds: list[int], env: dict, cwd: st
 
 def serve(fd: int, module: str) -> None:
     """The zygote: import, then fork a worker per request and report each one's end, until the launcher closes."""
-    from src.run.worker import die_with_parent
+    from src.run.worker import die_with_parent, preload
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher passes Ctrl-C on to the workers
     sock = socket.socket(fileno=fd)
-    for name in (module, *imports_of(module), *LAZY):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
+    preload(module)
     wake, woken = os.pipe()
     os.set_blocking(woken, False)
     signal.set_wakeup_fd(woken)
