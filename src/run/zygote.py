@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 ENV = "HAL_ZYGOTE"
 NOT_A_SWEEP = ("-c", "--cfg", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion")
 SIZE = 1 << 20  # a message's largest size (a pickled environment is a few kB)
+IMPORTS_S = 300  # the longest wait for its imports: 5 s here, minutes on a loaded machine's cold disk
 
 _running = None  # the launcher's zygote, once started
 
@@ -90,13 +91,15 @@ class Zygote:
     """The launcher's end: fork a worker, wait for one to end."""
 
     def __init__(self, process: subprocess.Popen, sock: socket.socket) -> None:
-        self.process, self.sock, self.ended = process, sock, {}
+        self.process, self.sock, self.ended, self.forked = process, sock, {}, False
 
     def _next(self, kind: str) -> Optional[tuple]:
         """The next message (an ``ended`` one is kept in ``self.ended``); None once the zygote is gone."""
         while True:
             try:
                 message, _ = receive(self.sock)
+            except TimeoutError:
+                raise
             except OSError:
                 message = None
             if message is None:
@@ -107,12 +110,23 @@ class Zygote:
                 return message
 
     def fork(self, env: dict, fds: Sequence[int]) -> Optional["Forked"]:
-        """A worker reading its jobs and writing its answers on ``fds``; None when the zygote is gone."""
+        """A worker reading its jobs and writing its answers on ``fds``; None when the zygote is gone, or stuck."""
+        # The first answer comes once its imports are done (~5 s here); a stuck zygote has no worker to lose yet.
+        self.sock.settimeout(None if self.forked else IMPORTS_S)
         try:
             send(self.sock, ("fork", env, os.getcwd()), fds)
+            message = self._next("forked")
+        except TimeoutError:
+            print(f"the zygote did not import in {IMPORTS_S} s: starting the workers without it (src/run/zygote.py)",
+                  file=sys.stderr, flush=True)
+            stop()
+            return None
         except OSError:
             return None
-        message = self._next("forked")  # after its imports: at most the ~7 s the zygote started early
+        finally:
+            if self.sock.fileno() != -1:
+                self.sock.settimeout(None)
+        self.forked = self.forked or message is not None
         return Forked(message[1], self) if message else None
 
     def wait(self, pid: int) -> int:
@@ -190,12 +204,16 @@ def serve(fd: int, module: str) -> None:
                 break
             if pid == 0:
                 break
-            send(sock, ("ended", pid, os.waitstatus_to_exitcode(status)))
+            tell(sock, ("ended", pid, os.waitstatus_to_exitcode(status)))
         if sock in readable:
-            message, fds = receive(sock, 2)
-            if message is None:
+            try:
+                message, fds = receive(sock, 2)
+            except OSError:
+                message = None
+            if message is None:  # the launcher closed its end, or died: so do its workers (die_with_parent)
                 os._exit(0)
             ready, forked = os.pipe()
+            sys.stdout.flush(), sys.stderr.flush()  # nothing buffered is written twice
             pid = os.fork()
             if pid == 0:
                 os.close(ready)
@@ -205,7 +223,15 @@ def serve(fd: int, module: str) -> None:
             os.close(ready)
             for received in fds:
                 os.close(received)
-            send(sock, ("forked", pid))
+            tell(sock, ("forked", pid))
+
+
+def tell(sock: socket.socket, message: tuple) -> None:
+    """Send ``message`` to the launcher; exit if it is gone."""
+    try:
+        send(sock, message)
+    except OSError:
+        os._exit(0)
 
 
 if __name__ == "__main__":
