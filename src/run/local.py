@@ -1,5 +1,7 @@
 """A sweep on this machine (``hydra/launcher=local``, the default of ``-m``): several jobs at once, each in a
-worker process that stays for the next job (``src/run/worker.py``), with the semantics of the SLURM launcher.
+worker process that stays for the next job (``src/run/worker.py``; without GPU forked by a zygote that imported
+a job's modules while the launcher composed the sweep, ``src/run/zygote.py``), with the semantics of the SLURM
+launcher.
 
 - Before any job: a job whose run dir holds a finished ``metrics.json`` is skipped, one another live run writes
   is not run (``src/run/jobs.py``, as on SLURM); a job asking for hardware this machine lacks is one
@@ -14,8 +16,9 @@ worker process that stays for the next job (``src/run/worker.py``), with the sem
 - Ctrl-C or SIGTERM: no new job starts; the signal goes to every running job (its process group: DDP ranks
   too), which stops at its next safe point and records ``interrupted`` (``src/run/signals.py``); then the
   summary, and exit status 128 + the signal. A second signal stops the jobs at once.
-- SIGKILL of the launcher: the workers die with it (``worker.die_with_parent``); the rerun resumes their jobs
-  from their last checkpoints (the locks of dead pids are stale, ``src/run/lock.py``).
+- SIGKILL of the launcher: the workers die with it (``worker.die_with_parent``; forked ones with the zygote,
+  which dies with the launcher); the rerun resumes their jobs from their last checkpoints (the locks of dead
+  pids are stale, ``src/run/lock.py``).
 """
 import os
 import signal

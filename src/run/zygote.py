@@ -1,8 +1,8 @@
 """A fork server for the workers of ``hydra/launcher=local`` on a machine without GPUs: it imports once what a job
 imports, while the launcher composes the sweep, and forks each worker from there.
 
-Why: a worker's imports (torch, Lightning, torchmetrics, torchvision, TensorBoard, scikit-learn) take about 7 s of
-one core, more than the launcher's own start-up (about 3 s of Hydra). Spawned workers start them only once the
+Why: a worker's imports (torch, Lightning, torchmetrics, torchvision, TensorBoard, scikit-learn) take 5-7 s of one
+core here, more than the launcher's own start-up (3-4 s of Hydra composing the sweep). Spawned workers start them only once the
 launcher has planned the sweep, and import the same modules side by side, one core each. The zygote starts
 with the command (``start``, before Hydra parses it), imports on the core the launcher leaves idle, and its
 forked children share those pages: N workers ready when one import is.
@@ -13,8 +13,9 @@ forked children share those pages: N workers ready when one import is.
 - A forked worker is what a spawned one is (``src/run/worker.py``): its own session, the launcher's environment
   and working directory as they are when it is forked, and it dies with the zygote, which dies with the launcher
   (``worker.die_with_parent``, both). The zygote reaps its children and tells the launcher how each ended.
-- It imports only: no CUDA, no torch thread pool, no file a job writes. (numpy's and scipy's OpenBLAS start idle
-  threads at import; OpenBLAS stops them around ``fork``.) It exits when the launcher closes its socket.
+- It imports only (``worker.preload``): no CUDA, no torch thread pool, no file a job writes. (numpy's and scipy's
+  OpenBLAS start idle threads at import; OpenBLAS stops them around ``fork``.) It exits when the launcher closes
+  its socket or dies. In ``ps`` a forked worker shows the zygote's command line.
 """
 import atexit
 import os
