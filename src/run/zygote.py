@@ -1,5 +1,5 @@
-"""A fork server for the workers of ``hydra/launcher=local`` on a machine without GPUs: it imports once what a job
-imports, while the launcher composes the sweep, and forks each worker from there.
+"""A fork server for the workers of ``hydra/launcher=local`` on a Linux machine without GPUs: it imports what a job
+imports once, while the launcher composes the sweep, and forks each worker from there.
 
 Why: a worker's imports (torch, Lightning, torchmetrics, torchvision, TensorBoard, scikit-learn) take 5-7 s of one
 core here, more than the launcher's own start-up (3-4 s of Hydra composing the sweep). Spawned workers start them only once the

@@ -261,6 +261,46 @@ def test_gpu_slots_pack_jobs_per_gpu_and_give_a_ddp_job_n_gpus(monkeypatch):
     assert visible_devices((3,)) == "3"
 
 
+def test_the_zygote_starts_for_a_sweep_on_the_local_launcher_without_gpu_only(monkeypatch):
+    # Bug this catches: a zygote importing beside the basic launcher's jobs (bench.sweep's basic run slowed by a
+    # core's worth of imports), beside --help or --cfg, or on a machine with a GPU driver.
+    from src.run import resources, zygote
+
+    monkeypatch.delenv("HAL_ZYGOTE", raising=False)
+    monkeypatch.delenv("HAL_DIE_WITH_PARENT", raising=False)
+    monkeypatch.setattr(resources, "no_gpu_driver", lambda: True)
+    assert zygote.wanted(["-m", "seed=0,1"]) and zygote.wanted(["--multirun", "hydra/launcher=local", "seed=0,1"])
+    for argv in (["seed=0"], ["-m", "hydra/launcher=basic"], ["-m", "hydra/launcher=slurm_gpu"], ["-m", "--cfg", "job"],
+                 ["-m", "--help"], ["-m", "--info=searchpath"]):
+        assert not zygote.wanted(argv), argv
+    monkeypatch.setenv("HAL_ZYGOTE", "0")
+    assert not zygote.wanted(["-m", "seed=0,1"])
+    monkeypatch.delenv("HAL_ZYGOTE")
+    monkeypatch.setattr(resources, "no_gpu_driver", lambda: False)
+    assert not zygote.wanted(["-m", "seed=0,1"])
+
+
+def test_a_zygote_that_died_leaves_the_workers_to_be_spawned(monkeypatch):
+    # Bug this catches: a launcher that waits forever on a dead zygote, or fails instead of spawning its workers.
+    import socket
+
+    from src.run import local, zygote
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.close()  # what the launcher sees of a zygote that died
+    dead = zygote.Zygote(subprocess.Popen(["true"]), ours)
+    monkeypatch.setattr(zygote, "_running", dead)
+    worker = local.start_worker((), Machine(cores=2, gpus=0, available_bytes=None), 1)
+    try:
+        assert isinstance(worker.process, subprocess.Popen)
+        assert "src.run.worker" in worker.process.args
+    finally:
+        worker.close()
+        assert worker.process.wait(timeout=120) == 0  # told there is no job: it exits
+        worker.answers.close()
+    zygote.stop()
+
+
 def test_each_job_runs_with_the_cuda_visible_devices_of_its_slot(monkeypatch):
     # The pool with a faked device count: 2 GPUs, 2 jobs per GPU; the worker processes are recorded, not started.
     # Bug this catches: a worker reused for a job on other GPUs (CUDA_VISIBLE_DEVICES is read once per process).
