@@ -28,11 +28,11 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from src.run import zygote
 from src.run.config import did_you_mean, schema_keys
 from src.run.errors import ConfigError, exit_code, user_error
 from src.run.lock import RunLocked, run_lock
 from src.run.records import is_rank_zero, record_failure
-from src.run import zygote
 from src.run.worker import DIE_WITH_PARENT, die_with_parent
 
 log = logging.getLogger(__name__)

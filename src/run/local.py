@@ -32,12 +32,12 @@ from typing import Optional, Sequence
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 
+from src.run import zygote
 from src.run.console import python_command, shown
 from src.run.errors import ConfigError
 from src.run.jobs import Job, failed_any, plan, summary
 from src.run.resources import (GpuSlots, Machine, auto_jobs, check_hardware, devices_of, needs_of, on_gpu,
                                this_machine, visible_devices)
-from src.run import zygote
 from src.run.summary import leave_summary_to_launcher
 from src.run.worker import DIE_WITH_PARENT
 

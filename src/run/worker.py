@@ -3,8 +3,8 @@
 It imports what a job of the launching command's module (``src.train``) imports, once (``preload``; a worker the
 zygote forked, ``src/run/zygote.py``, has it done already), then runs the jobs the launcher sends on pipe ``IN``
 one after another, each as Hydra's ``run_job`` runs a job of a multirun, and answers each on pipe ``OUT`` with how
-it ended. While a job runs, the worker's stdout and stderr go to the job's log (``<run dir>/train.log``): the terminal shows the
-launcher's lines alone. It dies with the launcher (``die_with_parent``), and stops after a job a signal stopped.
+it ended. While a job runs, the worker's stdout and stderr go to the job's log (``<run dir>/train.log``): the
+terminal shows the launcher's lines alone. It dies with the launcher (``die_with_parent``), and stops after a job a signal stopped.
 """
 import ast
 import contextlib
@@ -60,7 +60,8 @@ def preload(module: str) -> None:
     were 1.5-2 s of the 7 s. Then frozen: never garbage, skipped by the jobs' collections (0.3 s each)."""
     gc.disable()
     try:
-        for name in (module, *imports_of(module), *LAZY):
+        importlib.import_module(module)
+        for name in (*imports_of(module), *LAZY):
             try:
                 importlib.import_module(name)
             except ImportError:  # an optional package (TensorBoard) not installed: the job goes without
