@@ -6,6 +6,7 @@ the callbacks of a run (tests and benchmarks call it too). ``train(cfg, run_dir)
 from __future__ import annotations  # the annotations name Lightning's classes without importing it
 
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from src.run import launch
+from src.run import launch, zygote
 from src.run.config import check_config
 
 # torch, Lightning and the project's models are imported inside the functions that train, not here: --help,
@@ -219,4 +220,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    zygote.start(sys.argv[1:], "src.train")  # a CPU sweep's workers start importing now, beside Hydra's work
     launch.cli(main)

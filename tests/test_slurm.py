@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from src.run.provenance import NOT_RESULTS
+
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 # The events CI runs (.ci/run, under its 30 minutes): requeue, time limit, scancel, a second launch, a refusal.
 # `make test-slurm` runs every test (docs/development.md).
@@ -26,7 +28,7 @@ CI = pytest.mark.slurm_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
-TIMING = ("duration_s", "train_images_per_s", "resumed_at_epoch", "git_commit", "dirty", "code_patch")  # and the work tree
+TIMING = NOT_RESULTS  # timings, and the code, work tree and machine a run ran on
 EPOCHS = 8  # ~1 s each here: time to requeue, preempt or cancel a job after its first checkpoint
 JOBS = ["case=baseline,case1", "seed=0", f"trainer.max_epochs={EPOCHS}"]
 LONG = ["case=case1", "seed=0", "trainer.max_epochs=60"]  # runs past a 1-minute time limit

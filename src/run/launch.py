@@ -28,6 +28,7 @@ from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from src.run import zygote
 from src.run.config import did_you_mean, schema_keys
 from src.run.errors import ConfigError, exit_code, user_error
 from src.run.lock import RunLocked, run_lock
@@ -124,6 +125,7 @@ def run_job(train: Callable[..., dict], cfg: DictConfig) -> dict:
     from src.run.console import quiet
 
     entered()
+    zygote.stop()  # a job run in the launcher's process (hydra/launcher=basic from a config): no local workers
     patch_lightning()
     quiet()
     hydra_cfg = HydraConfig.get()

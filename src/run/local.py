@@ -1,5 +1,7 @@
 """A sweep on this machine (``hydra/launcher=local``, the default of ``-m``): several jobs at once, each in a
-worker process that stays for the next job (``src/run/worker.py``), with the semantics of the SLURM launcher.
+worker process that stays for the next job (``src/run/worker.py``; without GPU forked by a zygote that imported
+a job's modules while the launcher composed the sweep, ``src/run/zygote.py``), with the semantics of the SLURM
+launcher.
 
 - Before any job: a job whose run dir holds a finished ``metrics.json`` is skipped, one another live run writes
   is not run (``src/run/jobs.py``, as on SLURM); a job asking for hardware this machine lacks is one
@@ -14,8 +16,9 @@ worker process that stays for the next job (``src/run/worker.py``), with the sem
 - Ctrl-C or SIGTERM: no new job starts; the signal goes to every running job (its process group: DDP ranks
   too), which stops at its next safe point and records ``interrupted`` (``src/run/signals.py``); then the
   summary, and exit status 128 + the signal. A second signal stops the jobs at once.
-- SIGKILL of the launcher: the workers die with it (``worker.die_with_parent``); the rerun resumes their jobs
-  from their last checkpoints (the locks of dead pids are stale, ``src/run/lock.py``).
+- SIGKILL of the launcher: the workers die with it (``worker.die_with_parent``; forked ones with the zygote,
+  which dies with the launcher); the rerun resumes their jobs from their last checkpoints (the locks of dead
+  pids are stale, ``src/run/lock.py``).
 """
 import os
 import signal
@@ -29,6 +32,7 @@ from typing import Optional, Sequence
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 
+from src.run import zygote
 from src.run.console import python_command, shown
 from src.run.errors import ConfigError
 from src.run.jobs import Job, failed_any, plan, summary
@@ -42,7 +46,7 @@ SIDE_BY_SIDE = "HAL_JOBS_SIDE_BY_SIDE"  # how many jobs the local launcher runs 
 
 @dataclass
 class Worker:
-    process: subprocess.Popen
+    process: object  # a subprocess.Popen, or a zygote.Forked: .pid (its process group) and .wait()
     jobs: Connection  # the launcher writes jobs here
     answers: Connection  # and reads how they ended here
     gpus: tuple = ()
@@ -72,14 +76,18 @@ def worker_env(gpus: tuple, machine: Machine, side_by_side: int) -> dict:
 
 
 def start_worker(gpus: tuple, machine: Machine, side_by_side: int) -> Worker:
+    """A worker forked by the zygote (``src/run/zygote.py``: its imports done), or else a new process."""
     read_jobs, write_jobs = os.pipe()
     read_answers, write_answers = os.pipe()
     env = worker_env(gpus, machine, side_by_side)
-    # Its own session: Ctrl-C in the terminal reaches the launcher alone, which passes it on exactly once.
-    spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m src.train: src.train
-    process = subprocess.Popen([sys.executable, "-m", "src.run.worker", str(read_jobs), str(write_answers),
-                                spec.name if spec is not None else ""],
-                               pass_fds=(read_jobs, write_answers), env=env, start_new_session=True)
+    forker = zygote.running()
+    process = forker.fork(env, (read_jobs, write_answers)) if forker else None
+    if process is None:
+        # Its own session: Ctrl-C in the terminal reaches the launcher alone, which passes it on exactly once.
+        spec = getattr(sys.modules["__main__"], "__spec__", None)  # python -m src.train: src.train
+        process = subprocess.Popen([sys.executable, "-m", "src.run.worker", str(read_jobs), str(write_answers),
+                                    spec.name if spec is not None else ""],
+                                   pass_fds=(read_jobs, write_answers), env=env, start_new_session=True)
     os.close(read_jobs), os.close(write_answers)
     return Worker(process, Connection(write_jobs, readable=False), Connection(read_answers, writable=False), gpus)
 
@@ -124,7 +132,7 @@ class Pool:
                 self.retire(idle[0])
             worker = start_worker(gpus, self.machine, self.n)
             self.workers.append(worker)
-        payload = (self.launcher, job.overrides, job.index, Singleton.get_state(), str(job.run_dir))
+        payload = (self.launcher, job.config, Singleton.get_state(), str(job.run_dir))
         import cloudpickle  # as submitit pickles the launcher into each SLURM job
 
         worker.job = job
@@ -223,8 +231,11 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     pool = Pool(launcher, n, machine, launcher.params.get("jobs_per_gpu", 1))
-    if todo:
-        pool.run(todo)
+    try:
+        if todo:
+            pool.run(todo)
+    finally:
+        zygote.stop()  # every worker is gone
     for job in todo:
         job.outcome = job.outcome or "interrupted"  # never started: a signal came first
     report = f"report: {python_command()} -m src.report {shown(launcher.config.hydra.sweep.dir)}"

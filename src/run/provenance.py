@@ -36,6 +36,9 @@ PATCH = "code.patch"
 PACKAGES = {"torch": "torch", "torchvision": "torchvision", "lightning": "pytorch-lightning", "hydra": "hydra-core",
             "torchmetrics": "torchmetrics", "optuna": "optuna", "numpy": "numpy"}
 FIELDS = ("git_commit", "dirty", "code_patch", "versions", "gpu", "cpu")  # what ``fields`` writes
+# A record's fields that say how long, where and on what code a run ran, not what it measured: the same job run
+# again (by another launcher, on a loaded machine, resumed, after an edit) differs in these alone.
+NOT_RESULTS = ("duration_s", "train_images_per_s", "test_images_per_s", "resumed_at_epoch", "machine", *FIELDS)
 SOURCE = Path(__file__).resolve().parent  # the code whose commit is recorded (tests point it at a scratch repo)
 
 

@@ -21,6 +21,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from src.run import zygote
 from src.run.errors import UserError
 from src.run.jobs import Job, failed_any, plan, resume_command, summary  # noqa: F401  (Job, summary: tests)
 from src.run.summary import leave_summary_to_launcher
@@ -125,6 +126,7 @@ def wait(launcher, jobs: list[Job]) -> None:
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     leave_summary_to_launcher()  # the summary line below is the sweep's one, also after Ctrl-C
+    zygote.stop()  # started for a -m whose config, not its command line, picks SLURM (src/run/zygote.py)
     try:
         jobs = plan(launcher, job_overrides, initial_job_idx, verb="submitted")
     except KeyboardInterrupt:

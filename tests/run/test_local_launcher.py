@@ -13,11 +13,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.run.resources import GB, GpuSlots, Machine, Needs, auto_jobs, check_hardware, visible_devices
+from src.run.resources import GB, GpuSlots, Machine, Needs, auto_jobs, check_hardware, no_gpu_driver, visible_devices
 from src.run.errors import ConfigError
+from src.run.provenance import NOT_RESULTS
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMING = ("duration_s", "train_images_per_s", "test_images_per_s", "resumed_at_epoch", "git_commit", "machine")
 SWEEP = ["experiment=smoke", "trainer.accelerator=cpu", "threads=1"]
 
 
@@ -47,12 +47,36 @@ def barrier(tmp_path: Path, n: int) -> list[str]:
             f"+hydra.callbacks.barrier.n={n}"]
 
 
-def sweep(sweep_dir: Path, *args: str, background: bool = False):
-    """``python -m src.train -m`` on digits into ``sweep_dir``; its console in ``<sweep_dir>.log``."""
+PARENT = """
+import os, pathlib
+from hydra.experimental.callback import Callback
+
+class Parent(Callback):
+    def __init__(self, file):
+        self.file = pathlib.Path(file)
+
+    def on_job_start(self, config, **kwargs):
+        command = pathlib.Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\\0")[1:3]
+        with open(self.file, "a") as f:
+            f.write(" ".join(part.decode() for part in command) + "\\n")
+"""
+
+
+def parents(tmp_path: Path, name: str) -> list[str]:
+    """Overrides that write the command of each job's worker's parent process (``-m src.train``: the launcher
+    spawned it, ``-m src.run.zygote``: the zygote forked it) into ``tmp_path/name``."""
+    (tmp_path / "hooks").mkdir(exist_ok=True)
+    (tmp_path / "hooks" / "parent.py").write_text(PARENT)
+    return ["+hydra.callbacks.parent._target_=parent.Parent", f"+hydra.callbacks.parent.file={tmp_path / name}"]
+
+
+def sweep(sweep_dir: Path, *args: str, background: bool = False, **env: str):
+    """``python -m src.train -m`` on digits into ``sweep_dir``, ``env`` added; its console in ``<sweep_dir>.log``."""
     sweep_dir.parent.mkdir(parents=True, exist_ok=True)
     log = open(f"{sweep_dir}.log", "a")  # a file, not a pipe: a full pipe blocks
     command = [sys.executable, "-m", "src.train", "-m", *SWEEP, *args, f"hydra.sweep.dir={sweep_dir}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(sweep_dir.parent / "hooks"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **env,
+           "PYTHONPATH": os.pathsep.join([str(sweep_dir.parent / "hooks"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     if not background:
         proc.wait(timeout=600)
@@ -68,7 +92,7 @@ def records(sweep_dir: Path) -> dict:
 
 
 def without_timing(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMING}
+    return {k: v for k, v in record.items() if k not in NOT_RESULTS}
 
 
 def children(pid: int) -> list[int]:
@@ -82,6 +106,15 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    return found + [d for child in found for d in descendants(child)]
+
+
+def command_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def alive(pid: int) -> bool:
@@ -128,16 +161,21 @@ def test_results_equal_those_of_the_basic_launcher_one_after_another(tmp_path):
 
 @pytest.mark.slow  # two sweeps, four worker start-ups: about 30 s on an idle 2-core VM
 def test_sigkill_of_the_launcher_leaves_no_training_and_the_rerun_trains_only_what_is_missing(tmp_path):
-    # Bug this catches: workers without a parent-death signal keep training after the launcher is killed.
+    # Bug this catches: workers without a parent-death signal keep training after the launcher is killed; on a
+    # machine without GPU, a zygote that outlives the launcher, or workers it forked that outlive it.
     target = tmp_path / "sweep"
     args = ["case=case1,case2", "seed=0", "trainer.max_epochs=40", "hydra.launcher.n_jobs=2"]
     proc = sweep(target, *args, *barrier(tmp_path, 2), background=True)
     assert wait_for(lambda: len(checkpointed(target)) == 2), console(target)[-3000:]
-    workers = children(proc.pid)
-    assert len(workers) == 2, workers
+    processes = descendants(proc.pid)
+    if no_gpu_driver():  # the zygote, and the two workers it forked
+        zygote = [pid for pid in children(proc.pid) if "-m src.run.zygote" in command_of(pid)]
+        assert len(processes) == 3 and len(zygote) == 1 and len(children(zygote[0])) == 2, processes
+    else:
+        assert len(processes) == 2, processes
     proc.kill()
     proc.wait()
-    assert wait_for(lambda: not any(alive(pid) for pid in workers), timeout=10), "a worker outlived the launcher"
+    assert wait_for(lambda: not any(alive(pid) for pid in processes), timeout=10), "a process outlived the launcher"
     assert {r["status"] for r in records(target).values()} == {"running"}
 
     # The rerun: a finished job is skipped; the killed ones resume from their checkpoints.
@@ -153,6 +191,23 @@ def test_sigkill_of_the_launcher_leaves_no_training_and_the_rerun_trains_only_wh
     resumed = records(target)["case=case1,seed=0,trainer.max_epochs=40"]
     assert resumed["status"] == "finished" and resumed["resumed_at_epoch"] >= 1
     assert json.loads((done / "metrics.json").read_text()) == finished  # untouched
+
+
+@pytest.mark.slow  # two sweeps
+@pytest.mark.skipif(not no_gpu_driver(), reason="the zygote serves machines without GPU")
+def test_without_gpu_the_zygote_forks_the_workers_with_the_results_of_spawned_ones(tmp_path):
+    # Bug this catches: a sweep that never uses the zygote (every worker pays the imports again, after the
+    # launcher's start-up), or forked workers unlike spawned ones (state the zygote set leaking into the jobs).
+    args = ["case=baseline,case1", "seed=0", "trainer.max_epochs=2", "hydra.launcher.n_jobs=2"]
+    forked = sweep(tmp_path / "forked", *args, *parents(tmp_path, "forked.txt"))
+    spawned = sweep(tmp_path / "spawned", *args, *parents(tmp_path, "spawned.txt"), HAL_ZYGOTE="0")
+    assert forked.returncode == 0 and spawned.returncode == 0, console(tmp_path / "forked")[-3000:]
+    assert (tmp_path / "forked.txt").read_text().splitlines() == ["-m src.run.zygote"] * 2
+    assert (tmp_path / "spawned.txt").read_text().splitlines() == ["-m src.train"] * 2
+    expected, got = records(tmp_path / "spawned"), records(tmp_path / "forked")
+    assert len(expected) == 2 and sorted(got) == sorted(expected)
+    for job in expected:
+        assert without_timing(got[job]) == without_timing(expected[job]), job
 
 
 @pytest.mark.slow  # two sweeps, four worker start-ups: about 30 s on an idle 2-core VM
@@ -204,6 +259,46 @@ def test_gpu_slots_pack_jobs_per_gpu_and_give_a_ddp_job_n_gpus(monkeypatch):
     assert visible_devices((0, 2)) == "4,6"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert visible_devices((3,)) == "3"
+
+
+def test_the_zygote_starts_for_a_sweep_on_the_local_launcher_without_gpu_only(monkeypatch):
+    # Bug this catches: a zygote importing beside the basic launcher's jobs (bench.sweep's basic run slowed by a
+    # core's worth of imports), beside --help or --cfg, or on a machine with a GPU driver.
+    from src.run import resources, zygote
+
+    monkeypatch.delenv("HAL_ZYGOTE", raising=False)
+    monkeypatch.delenv("HAL_DIE_WITH_PARENT", raising=False)
+    monkeypatch.setattr(resources, "no_gpu_driver", lambda: True)
+    assert zygote.wanted(["-m", "seed=0,1"]) and zygote.wanted(["--multirun", "hydra/launcher=local", "seed=0,1"])
+    for argv in (["seed=0"], ["-m", "hydra/launcher=basic"], ["-m", "hydra/launcher=slurm_gpu"], ["-m", "--cfg", "job"],
+                 ["-m", "--help"], ["-m", "--info=searchpath"]):
+        assert not zygote.wanted(argv), argv
+    monkeypatch.setenv("HAL_ZYGOTE", "0")
+    assert not zygote.wanted(["-m", "seed=0,1"])
+    monkeypatch.delenv("HAL_ZYGOTE")
+    monkeypatch.setattr(resources, "no_gpu_driver", lambda: False)
+    assert not zygote.wanted(["-m", "seed=0,1"])
+
+
+def test_a_zygote_that_died_leaves_the_workers_to_be_spawned(monkeypatch):
+    # Bug this catches: a launcher that waits forever on a dead zygote, or fails instead of spawning its workers.
+    import socket
+
+    from src.run import local, zygote
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.close()  # what the launcher sees of a zygote that died
+    dead = zygote.Zygote(subprocess.Popen(["true"]), ours)
+    monkeypatch.setattr(zygote, "_running", dead)
+    worker = local.start_worker((), Machine(cores=2, gpus=0, available_bytes=None), 1)
+    try:
+        assert isinstance(worker.process, subprocess.Popen)
+        assert "src.run.worker" in worker.process.args
+    finally:
+        worker.close()
+        assert worker.process.wait(timeout=120) == 0  # told there is no job: it exits
+        worker.answers.close()
+    zygote.stop()
 
 
 def test_each_job_runs_with_the_cuda_visible_devices_of_its_slot(monkeypatch):
