@@ -138,7 +138,9 @@ def resized_crop(image: torch.Tensor, top: int, left: int, h: int, w: int, size:
     box = image[:, top:top + h, left:left + w]
     if (h, w) == (size, size):
         return box
-    box = box.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    # (1, 3, h, w) channels-last with the batch stride of a real batch (h·w·3): a region decoded alone is already
+    # interleaved, and unsqueezing it as it is gives the batch stride 3, which sends the kernel to its planar output.
+    box = box.permute(1, 2, 0).contiguous().unsqueeze(0).permute(0, 3, 1, 2)
     return F.interpolate(box, size=[size, size], mode="bilinear", align_corners=False, antialias=True)[0]
 
 
