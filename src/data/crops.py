@@ -27,7 +27,7 @@ from src.data.image_files import _read_error, read_bytes, read_image
 log = logging.getLogger(__name__)
 DCT_SCALES = (8, 4, 2)  # libjpeg's fast reductions; its N/8 ones (7/8, 3/4, ...) decode slower than full size here
 MARGIN = 4  # columns decoded beyond the region on each side: its edge columns' chroma then has both neighbours
-DECODER_VERSION = 1  # jpeg_roi_version() of src/data/jpeg_roi.c: its functions' signatures as called here
+DECODER_VERSION = 2  # jpeg_roi_version() of src/data/jpeg_roi.c: its functions' signatures as called here
 _decoder: Optional[object] = None  # the compiled region decoder (ctypes), loaded once per process; False: not built
 
 
@@ -48,7 +48,7 @@ def region_decoder() -> Optional[ctypes.CDLL]:
             lib = None
         if lib is not None:
             lib.jpeg_roi_decode.restype = ctypes.c_int
-            lib.jpeg_roi_decode.argtypes = [ctypes.c_void_p, ctypes.c_ulong, *[ctypes.c_int] * 6, ctypes.c_void_p,
+            lib.jpeg_roi_decode.argtypes = [ctypes.c_void_p, ctypes.c_ulong, *[ctypes.c_int] * 7, ctypes.c_void_p,
                                             ctypes.c_char_p, ctypes.c_int]
             _decoder = lib
     return _decoder or None
@@ -93,21 +93,24 @@ def scaled_region(box: tuple[int, int, int, int], size: tuple[int, int], d: int)
     return top, left, min(int(round(h * sy)), sh - top), min(int(round(w * sx)), sw - left)
 
 
-def decode_region(data: torch.Tensor, d: int, region: tuple[int, int, int, int], path: str) -> torch.Tensor:
+def decode_region(data: torch.Tensor, d: int, region: tuple[int, int, int, int], path: str, flip: bool = False,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Rows and columns ``region`` (top, left, h, w) of the JPEG ``data`` decoded at 1/d in the DCT domain, uint8
-    (3, h, w), channels-last in memory. The compiled decoder decodes no more than the region needs; without it the
-    whole image is decoded (at full scale with torchvision.io, as decode="full"; reduced through PIL's ``draft``)."""
+    (3, h, w), channels-last in memory, mirrored left to right if ``flip``; into ``out`` (uint8, at least h·w·3
+    elements) if given. The compiled decoder decodes no more than the region needs; without it the whole image is
+    decoded (at full scale with torchvision.io, as decode="full"; reduced through PIL's ``draft``)."""
     top, left, h, w = region
     lib = region_decoder()
     if lib is None:
         image = read_image(path, data) if d == 1 else _pil_reduced(data, d, path)
-        return image[:, top:top + h, left:left + w]
-    out = np.empty((h, w, 3), dtype=np.uint8)
+        image = image[:, top:top + h, left:left + w]
+        return image.flip(-1) if flip else image
+    out = torch.empty(h * w * 3, dtype=torch.uint8) if out is None else out[:h * w * 3]
     message = ctypes.create_string_buffer(200)
-    if lib.jpeg_roi_decode(data.data_ptr(), data.numel(), d, top, left, h, w, MARGIN, out.ctypes.data, message,
-                           len(message)) != 0:
+    if lib.jpeg_roi_decode(data.data_ptr(), data.numel(), d, top, left, h, w, MARGIN, int(flip), out.data_ptr(),
+                           message, len(message)) != 0:
         raise _read_error(path, ValueError(message.value.decode(errors="replace")))
-    return torch.from_numpy(out).permute(2, 0, 1)
+    return out.view(h, w, 3).permute(2, 0, 1)
 
 
 def _pil_reduced(data: torch.Tensor, d: int, path: str) -> torch.Tensor:
@@ -159,6 +162,9 @@ class TrainCrop:
     def __init__(self, image_size: int, min_scale: float = 0.08, flip: bool = True) -> None:
         self.image_size, self.min_scale, self.flip = image_size, min_scale, flip
 
+    def __getstate__(self) -> dict:  # the decode buffer stays in the process that filled it
+        return {k: v for k, v in self.__dict__.items() if k != "_buffer"}
+
     def box(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """(top, left, h, w), as ``v2.RandomResizedCrop`` draws it."""
         area = height * width
@@ -187,16 +193,23 @@ class TrainCrop:
         return TF.horizontal_flip(out) if self.flip and rng.random() < 0.5 else out
 
     def from_file(self, path: str, rng: np.random.Generator) -> torch.Tensor:
-        """As ``self(read_image(path), rng)``, the same box from the same draws, decoding only the box, at the DCT
-        scale that keeps it at least ``image_size`` on both sides."""
+        """As ``self(read_image(path), rng)``, the same box and flip from the same draws, decoding only the box, at
+        the DCT scale that keeps it at least ``image_size`` on both sides. The region is decoded mirrored when the
+        crop flips (the antialiased resize commutes with the mirror: the same pixels, tested), into a buffer this
+        crop keeps from one image to the next (the resize copies out of it)."""
         data = read_bytes(path)
         size = jpeg_size(data)
         if size is None:
             return self(read_image(path, data), rng)
         box = self.box(*size, rng)
+        flip = self.flip and rng.random() < 0.5
         d = reduction(box[2:], (self.image_size, self.image_size))
         region = scaled_region(box, size, d)
-        return self.crop(decode_region(data, d, region, path), (0, 0, *region[2:]), rng)
+        if getattr(self, "_buffer", None) is None or self._buffer.numel() < region[2] * region[3] * 3:
+            self._buffer = torch.empty(region[2] * region[3] * 3, dtype=torch.uint8)
+        decoded = decode_region(data, d, region, path, flip, self._buffer)
+        out = resized_crop(decoded, 0, 0, *region[2:], self.image_size)
+        return out.clone() if out.data_ptr() == decoded.data_ptr() else out  # a box of the output size: not resized
 
 
 class EvalCrop:

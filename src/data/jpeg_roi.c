@@ -30,13 +30,14 @@ static void on_error(j_common_ptr cinfo) {
 static void on_message(j_common_ptr cinfo, int level) { (void)cinfo; (void)level; } /* warnings: decode on */
 
 /* The calling convention's version: src/data/crops.py loads a build only if it says the one it expects. */
-int jpeg_roi_version(void) { return 1; }
+int jpeg_roi_version(void) { return 2; }
 
 /* Rows [top, top + height) and columns [left, left + width) of the image decoded at 1/denom scale, RGB, into `out`
- * (height x width x 3 bytes); 0, or -1 with `message`. The columns decoded reach `margin` further on each side (within
- * the image): the upsampling of the chroma treats the first and last decoded column as the image's edge. */
+ * (height x width x 3 bytes), mirrored left to right if `flip`; 0, or -1 with `message`. The columns decoded reach
+ * `margin` further on each side (within the image): the upsampling of the chroma treats the first and last decoded
+ * column as the image's edge. */
 int jpeg_roi_decode(const unsigned char *data, unsigned long size, int denom, int top, int left, int height,
-                    int width, int margin, unsigned char *out, char *message, int message_len) {
+                    int width, int margin, int flip, unsigned char *out, char *message, int message_len) {
   struct jpeg_decompress_struct cinfo;
   struct error_mgr err;
   unsigned char *volatile row = NULL;
@@ -92,8 +93,16 @@ int jpeg_roi_decode(const unsigned char *data, unsigned long size, int denom, in
       free(row);
       return -1;
     }
-    for (k = 0; k < n; k++, y++)
-      memcpy(out + (size_t)y * width * 3, rows[k] + (size_t)(left - (int)x) * 3, (size_t)width * 3);
+    for (k = 0; k < n; k++, y++) {
+      const unsigned char *from = rows[k] + (size_t)(left - (int)x) * 3;
+      unsigned char *to = out + (size_t)y * width * 3;
+      int i;
+      if (!flip)
+        memcpy(to, from, (size_t)width * 3);
+      else
+        for (i = 0; i < width; i++)
+          memcpy(to + (size_t)i * 3, from + (size_t)(width - 1 - i) * 3, 3);
+    }
   }
   free(row);
   jpeg_abort_decompress(&cinfo); /* the rows below the region are never decoded */

@@ -136,6 +136,17 @@ def test_the_crop_is_torchvisions_resized_crop_and_the_batch_is_channels_last(jp
         assert crop.from_file(path, sample_rng(0, 0, i)).permute(1, 2, 0).is_contiguous()
 
 
+def test_crops_from_the_reused_decode_buffer_are_their_own(jpegs, decoder, monkeypatch):
+    """from_file decodes every region into one buffer per crop: a box already of the output size (returned
+    without a resize) must still be a copy, or the next image overwrites it."""
+    crop, paths = TrainCrop(224), jpegs[(500, 375)][:3]
+    monkeypatch.setattr(TrainCrop, "box", lambda self, h, w, rng: (10, 20, 224, 224))
+    outs = [crop.from_file(path, sample_rng(0, 0, 1)) for path in paths]
+    for path, out in zip(paths, outs):
+        assert torch.equal(out, crop(read_image(path), sample_rng(0, 0, 1)))
+    assert "_buffer" not in crop.__getstate__()
+
+
 def test_bench_images_decode_exactly_as_the_full_decode(jpegs, decoder):
     """500 × 375 to 224: no box reaches 448 px nor a short side 512, so every image decodes at full scale."""
     assert compare(jpegs[(500, 375)], 224, 256)[:3] == (math.inf, 0, 0)
