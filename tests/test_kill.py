@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from src.run.provenance import NOT_RESULTS
+
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("duration_s", "train_images_per_s", "resumed_at_epoch", "git_commit")
 
 
 def sweep(sweep_dir: Path) -> subprocess.Popen:
@@ -52,7 +53,7 @@ def test_a_sweep_killed_at_random_moments_ends_as_one_never_killed(tmp_path):
 
     got = records(target)
     assert sorted(got) == sorted(expected)
-    drop = lambda r: {k: v for k, v in r.items() if k not in TIMING}
+    drop = lambda r: {k: v for k, v in r.items() if k not in NOT_RESULTS}
     for job, record in got.items():
         assert drop(record) == drop(expected[job]), job
     assert not list(target.rglob("*.tmp"))
