@@ -197,7 +197,7 @@ class TrainCrop:
         the DCT scale that keeps it at least ``image_size`` on both sides. The region is decoded mirrored when the
         crop flips (the antialiased resize commutes with the mirror: the same pixels, tested), into a buffer this
         crop keeps from one image to the next (the resize copies out of it)."""
-        data = read_bytes(path)
+        data = read_bytes(path, local=True)
         size = jpeg_size(data)
         if size is None:
             return self(read_image(path, data), rng)
@@ -225,7 +225,7 @@ class EvalCrop:
 
     def from_file(self, path: str) -> torch.Tensor:
         """As ``self(read_image(path))``, decoding at the DCT scale that keeps the short side >= resize_size."""
-        data = read_bytes(path)
+        data = read_bytes(path, local=True)
         size = jpeg_size(data)
         d = 1 if size is None else reduction((min(size),) * 2, (self.resize_size,) * 2)
         if d == 1:

@@ -32,6 +32,7 @@ depend on the number of workers, on which worker reads the file, or on a resume.
 device="cuda")`` (nvJPEG, batched), then crops on the GPU. JPEG files only; the crops are then drawn from the
 global RNG of the main process, not per image. The workers' side is tested on the CPU; the decoding needs a GPU.
 """
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Optional, Union
@@ -46,6 +47,7 @@ from src.data.crops import TrainCrop, eval_transform, region_decoder
 from src.data.image_files import (DECODES, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ImageFiles, ImageReadError,
                                    StreamingConfigError, _collate_raw, collate_images, split_raw)
 from src.data.pipeline import normalize
+from src.data.shared_batches import SharedBatches, SlotBatch
 from src.data.tree import ClassTree
 from src.run.errors import UserError
 
@@ -76,7 +78,7 @@ class _OneLineErrors:
 
     def __next__(self):
         try:
-            return next(self.iterator)
+            batch = next(self.iterator)
         except RuntimeError as e:
             message = " ".join(str(e).split())
             if "timed out" in message:
@@ -85,12 +87,21 @@ class _OneLineErrors:
             if "exited unexpectedly" in message or "is killed by signal" in message:
                 raise WorkerError(f"a DataLoader worker died: {message.split('. ')[0]}") from None
             raise
+        if isinstance(batch, list) and batch and isinstance(batch[0], SlotBatch):  # not taken by a pin thread
+            batch[0] = batch[0].tensor()
+        return batch
 
 
 class WorkerLoader(DataLoader):
-    """DataLoader with ``_OneLineErrors`` iterators."""
+    """DataLoader with ``_OneLineErrors`` iterators; with workers, image batches (``collate_images``) cross in
+    shared-memory blocks the workers reuse (``SharedBatches``: one set for each set of workers started)."""
 
     def __iter__(self):
+        collate = getattr(self.collate_fn, "func", self.collate_fn)
+        if self.num_workers and collate is collate_images and (self._iterator is None or not self.persistent_workers):
+            # Slots per worker: the batches it has in flight (prefetch_factor), those taken and not yet dropped.
+            self._shared = SharedBatches(self.num_workers, 2 * self.prefetch_factor + 2, self.multiprocessing_context)
+            self.collate_fn = functools.partial(collate_images, shared=self._shared)
         iterator = super().__iter__()
         return _OneLineErrors(iterator, self.timeout) if self.num_workers else iterator
 

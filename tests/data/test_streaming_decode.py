@@ -209,7 +209,8 @@ def jpeg_bytes(image: torch.Tensor, **save) -> torch.Tensor:
 
 def test_a_region_decoded_alone_is_the_full_decodes_pixels(jpegs, decoder):
     """At full scale every pixel of the region equals decode_image's there: boxes at the edges, on and off the
-    16-px block grid, one pixel, the whole image; 4:4:4, 4:2:2, 4:2:0 chroma, progressive, grey, odd sizes. Without
+    16-px block grid, one pixel, the whole image; 4:4:4, 4:2:2, 4:2:0 chroma, progressive, grey, odd sizes; mirrored
+    too. Without
     the margin the region's edge columns differ (by up to 16 here): their chroma is upsampled as an image edge."""
     crop = TrainCrop(224)
     image = read_image(jpegs[(500, 375)][0])[:, :251, :333]
@@ -223,9 +224,12 @@ def test_a_region_decoded_alone_is_the_full_decodes_pixels(jpegs, decoder):
         boxes += [(0, 0, height, width), (0, 0, 1, 1), (height - 1, width - 1, 1, 1), (0, 16, 100, 32),
                   (16, 0, 50, 16), (3, 15, 17, 17), (0, width - 17, height, 17), (height - 40, 1, 40, width - 2)]
         for top, left, h, w in boxes:
+            expected = full[:, top:top + h, left:left + w]
             region = crops.decode_region(data, 1, (top, left, h, w), "x")
-            assert region.shape == (3, h, w) and torch.equal(region, full[:, top:top + h, left:left + w]), (i, top,
-                                                                                                            left, h, w)
+            assert region.shape == (3, h, w) and torch.equal(region, expected), (i, top, left, h, w)
+            # Mirrored (decoded as BGR, each row byte-reversed in C): the same pixels in the mirrored order.
+            mirrored = crops.decode_region(data, 1, (top, left, h, w), "x", flip=True)
+            assert torch.equal(mirrored, expected.flip(-1)), ("flip", i, top, left, h, w)
 
 
 def test_a_corrupt_jpeg_is_one_line_naming_the_file(jpegs, decoder, tmp_path):
