@@ -72,17 +72,21 @@ def make_pruner(name: Optional[str], epochs: int) -> optuna.pruners.BasePruner:
 def open_study(study_dir: Path, arm: str, tune: DictConfig, epochs: int) -> optuna.Study:
     """The arm's study (created on first use) with the sampler and pruner of ``tune``. Its budget is stored with
     it: a later command with another ``tune.n_trials`` or ``trainer.max_epochs`` is refused."""
-    store = storage(study_dir, tune.storage)
-    existing = len(optuna.load_study(study_name=arm, storage=store).trials) if _exists(store, arm) else 0
-    # A sampler seeded the same at every restart would propose the first trial's values again.
-    sampler = optuna.samplers.TPESampler(seed=tune.seed + existing, n_startup_trials=tune.startup_trials)
-    study = optuna.create_study(study_name=arm, storage=store, direction="minimize", sampler=sampler,
-                                pruner=make_pruner(tune.pruner, epochs), load_if_exists=True)
-    budget = {"n_trials": int(tune.n_trials), "epochs": int(epochs)}
-    stored = study.user_attrs.get("budget")
-    if stored is None:
-        study.set_user_attr("budget", budget)
-    elif stored != budget:
+    storage_path(study_dir, tune.storage).parent.mkdir(parents=True, exist_ok=True)
+    # Under the study lock: workers started together (SLURM jobs, tune.n_jobs) would otherwise create the storage's
+    # tables at the same moment, and all but one fail (sqlite3.IntegrityError on alembic_version).
+    with study_lock(study_dir):
+        store = storage(study_dir, tune.storage)
+        existing = len(optuna.load_study(study_name=arm, storage=store).trials) if _exists(store, arm) else 0
+        # A sampler seeded the same at every restart would propose the first trial's values again.
+        sampler = optuna.samplers.TPESampler(seed=tune.seed + existing, n_startup_trials=tune.startup_trials)
+        study = optuna.create_study(study_name=arm, storage=store, direction="minimize", sampler=sampler,
+                                    pruner=make_pruner(tune.pruner, epochs), load_if_exists=True)
+        budget = {"n_trials": int(tune.n_trials), "epochs": int(epochs)}
+        stored = study.user_attrs.get("budget")
+        if stored is None:
+            study.set_user_attr("budget", budget)
+    if stored is not None and stored != budget:
         raise ConfigError(f"the study in {study_dir} was made with n_trials={stored['n_trials']} and "
                           f"{stored['epochs']} epochs per trial, not {budget['n_trials']} and {budget['epochs']}: "
                           "every arm gets one budget (use another tune.dir for another budget)")

@@ -144,6 +144,35 @@ def test_every_arm_gets_the_budget_the_study_was_made_with(tmp_path):
         open_study(tmp_path / "hal_case1", "hal_case1", cfg_of(tmp_path, "tune.n_trials=3").tune, 2)
 
 
+def _open_at_once(study_dir, tune, barrier, results):
+    barrier.wait()
+    try:
+        open_study(study_dir, "hal_case1", tune, 2)
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - the test reports whatever a worker met
+        results.put(f"{type(e).__name__}: {e}"[:200])
+
+
+def test_workers_started_together_create_one_study(tmp_path):
+    """SLURM starts a study's workers at the same moment: each one's first open_study must find or create the
+    storage, never fail on the tables another one is creating (sqlite3.IntegrityError on alembic_version)."""
+    import multiprocessing
+    context = multiprocessing.get_context("fork")
+    tune = cfg_of(tmp_path).tune
+    for attempt in range(3):
+        study_dir = tmp_path / f"attempt{attempt}" / "hal_case1"
+        barrier, results = context.Barrier(4), context.Queue()
+        workers = [context.Process(target=_open_at_once, args=(study_dir, tune, barrier, results)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join()
+        assert outcomes == ["ok"] * 4, outcomes
+        assert [s.study_name for s in optuna.get_all_study_summaries(study_module.storage(study_dir, "sqlite"))] == [
+            "hal_case1"]
+
+
 def test_search_space_per_method_and_its_errors(tmp_path):
     cfg = cfg_of(tmp_path, "arm=dks")
     assert set(search_space(cfg.tune, "dks")) == {"optimizer.lr", "optimizer.weight_decay", "method.weight"}
