@@ -13,9 +13,10 @@ here) and the same batch size, alternating for ``--rounds`` rounds (each ratio i
   back but a number): the limit of this machine. Goal >= 0.8.
 - ``vs_full_decode``: the streaming loader as configured (``--decode``, "reduced" by default) ÷ the same loader
   with ``dataset.decode=full``: what decoding only what the crop needs wins on these images.
-- ``batch_transfer``: the uint8 batch the workers send (150 kB per 224-px image, stacked once into shared memory by
-  the DataLoader's collate) against the float32 batch the ImageFolder recipe sends (602 kB per image): milliseconds
-  per batch to stack it, and MB per batch.
+- ``batch_transfer``: the uint8 batch the workers send (150 kB per 224-px image, stacked once into shared memory)
+  against the float32 batch the ImageFolder recipe sends (602 kB per image): milliseconds per batch to stack it
+  into a fresh shared-memory block (the DataLoader's collate), and MB per batch; ``uint8_reused_block``: into a block
+  already mapped, as the streaming loader's workers do (src/data/worker_loader.py).
 - ``gpu``: with a CUDA device, ``dataset.gpu_decode=true``'s images/s (workers read bytes, nvJPEG decodes the batch,
   the crops are cut on the GPU) and its ratio to the CPU loader; without one it says so.
 - ``per_image_ms``: one core's milliseconds per training image, in this process (no DataLoader), minimum of
@@ -138,6 +139,13 @@ def batch_transfer(batch: int, size: int = 224, repeats: int = 5) -> dict:
             torch.stack(images, out=torch.empty(0, dtype=dtype).set_(shared).view(batch, 3, size, size))
             best = min(best, time.perf_counter() - start)
         out[name] = {"ms_per_batch": round(1000 * best, 2), "mb_per_batch": round(batch * images[0].nbytes / 1e6, 1)}
+        if dtype == torch.uint8:  # what the streaming loader's workers do: stack into a block they reuse
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                torch.stack(images, out=torch.empty(0, dtype=dtype).set_(shared).view(batch, 3, size, size))
+                best = min(best, time.perf_counter() - start)
+            out["uint8_reused_block"] = {"ms_per_batch": round(1000 * best, 2)}
     return out
 
 

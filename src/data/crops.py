@@ -161,9 +161,10 @@ class TrainCrop:
 
     def __init__(self, image_size: int, min_scale: float = 0.08, flip: bool = True) -> None:
         self.image_size, self.min_scale, self.flip = image_size, min_scale, flip
+        self._buffer: Optional[torch.Tensor] = None  # from_file's decode buffer, kept from one image to the next
 
     def __getstate__(self) -> dict:  # the decode buffer stays in the process that filled it
-        return {k: v for k, v in self.__dict__.items() if k != "_buffer"}
+        return {**self.__dict__, "_buffer": None}
 
     def box(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """(top, left, h, w), as ``v2.RandomResizedCrop`` draws it."""
@@ -205,7 +206,7 @@ class TrainCrop:
         flip = self.flip and rng.random() < 0.5
         d = reduction(box[2:], (self.image_size, self.image_size))
         region = scaled_region(box, size, d)
-        if getattr(self, "_buffer", None) is None or self._buffer.numel() < region[2] * region[3] * 3:
+        if self._buffer is None or self._buffer.numel() < region[2] * region[3] * 3:
             self._buffer = torch.empty(region[2] * region[3] * 3, dtype=torch.uint8)
         decoded = decode_region(data, d, region, path, flip, self._buffer)
         out = resized_crop(decoded, 0, 0, *region[2:], self.image_size)

@@ -161,7 +161,7 @@ def collate_images(batch, shared=None):
     each is one plain copy into the batch instead of a transposing one (0.02 against 0.13 ms per 224-px image, same
     machine and date as ``resized_crop``); with ``model.channels_last`` the model wants that layout anyway.
     ``shared`` (a ``SharedBatches``, in a worker): the block is one the worker reuses, sent as a ``SlotBatch``
-    (``src/data/shared_batches.py``)."""
+    (``src/data/worker_loader.py``)."""
     images, *rest = zip(*batch)
     stacked = None if shared is None else shared.stack(images)
     if stacked is None:

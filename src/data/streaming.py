@@ -15,9 +15,9 @@ transformed with ``transforms.v2``: the field's 224-px recipe, RandomResizedCrop
 RandomResizedCrop's box, ``v2.functional.resized_crop``), Resize 256 + CenterCrop 224 for evaluation
 (``EvalCrop``; ``image_size`` / ``resize_size`` scale it). ``decode="reduced"`` (default) decodes only the crop's
 region of a JPEG, at 1/2, 1/4 or 1/8 scale where the crop allows (``src/data/crops.py``); ``decode="full"`` is the
-reference. An image that
-cannot be read stops the run with one line naming the file; nothing is skipped. A worker that dies, or sends no
-batch for ``worker_timeout_s``, stops the run with one line too (``WorkerError``), never a hang.
+reference. Batches cross from the workers in shared-memory blocks they reuse (``src/data/worker_loader.py``). An
+image that cannot be read stops the run with one line naming the file; nothing is skipped. A worker that dies, or
+sends no batch for ``worker_timeout_s``, stops the run with one line too (``WorkerError``), never a hang.
 
 Order and randomness. Training files are sharded and shuffled by ``EpochSampler``, a ``DistributedSampler``
 (Lightning leaves one as it is), seeded with the run seed + epoch: every rank draws the same permutation and
@@ -32,9 +32,8 @@ depend on the number of workers, on which worker reads the file, or on a resume.
 device="cuda")`` (nvJPEG, batched), then crops on the GPU. JPEG files only; the crops are then drawn from the
 global RNG of the main process, not per image. The workers' side is tested on the CPU; the decoding needs a GPU.
 """
-import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional, Union
 
 import numpy as np
@@ -47,63 +46,13 @@ from src.data.crops import TrainCrop, eval_transform, region_decoder
 from src.data.image_files import (DECODES, IMAGENET_MEAN, IMAGENET_STD, EpochSampler, ImageFiles, ImageReadError,
                                    StreamingConfigError, _collate_raw, collate_images, split_raw)
 from src.data.pipeline import normalize
-from src.data.shared_batches import SharedBatches, SlotBatch
 from src.data.tree import ClassTree
-from src.run.errors import UserError
+from src.data.worker_loader import WorkerLoader
 
 log = logging.getLogger(__name__)
 # How long the main process waits for a worker's batch before it stops the run. A batch of 128 large JPEGs takes
 # seconds; minutes mean a worker is stuck or its batch was lost (a worker that exits is noticed within 5 s anyway).
 WORKER_TIMEOUT_S = 600
-
-
-class WorkerError(UserError):
-    """A DataLoader worker died or sent no batch: one line, instead of a traceback or a wait without end."""
-
-
-class _OneLineErrors:
-    """A DataLoader iterator whose worker failures (death, a batch never sent) are ``WorkerError``."""
-
-    def __init__(self, iterator: Iterator, timeout: float) -> None:
-        self.iterator, self.timeout = iterator, timeout
-
-    def __iter__(self):
-        return self
-
-    def __len__(self) -> int:
-        return len(self.iterator)
-
-    def __getattr__(self, name: str):
-        return getattr(self.iterator, name)
-
-    def __next__(self):
-        try:
-            batch = next(self.iterator)
-        except RuntimeError as e:
-            message = " ".join(str(e).split())
-            if "timed out" in message:
-                raise WorkerError(f"no batch came from the DataLoader workers in {self.timeout:g} s: a worker is "
-                                  f"stuck or could not send its batch (its error, if any, is above)") from None
-            if "exited unexpectedly" in message or "is killed by signal" in message:
-                raise WorkerError(f"a DataLoader worker died: {message.split('. ')[0]}") from None
-            raise
-        if isinstance(batch, list) and batch and isinstance(batch[0], SlotBatch):  # not taken by a pin thread
-            batch[0] = batch[0].tensor()
-        return batch
-
-
-class WorkerLoader(DataLoader):
-    """DataLoader with ``_OneLineErrors`` iterators; with workers, image batches (``collate_images``) cross in
-    shared-memory blocks the workers reuse (``SharedBatches``: one set for each set of workers started)."""
-
-    def __iter__(self):
-        collate = getattr(self.collate_fn, "func", self.collate_fn)
-        if self.num_workers and collate is collate_images and (self._iterator is None or not self.persistent_workers):
-            # Slots per worker: the batches it has in flight (prefetch_factor), those taken and not yet dropped.
-            self._shared = SharedBatches(self.num_workers, 2 * self.prefetch_factor + 2, self.multiprocessing_context)
-            self.collate_fn = functools.partial(collate_images, shared=self._shared)
-        iterator = super().__iter__()
-        return _OneLineErrors(iterator, self.timeout) if self.num_workers else iterator
 
 
 class StreamingDataModule(pl.LightningDataModule):

@@ -1,4 +1,5 @@
-"""Image batches that cross from DataLoader workers in shared-memory blocks the workers reuse.
+"""The streaming path's DataLoader (``WorkerLoader``): a worker that dies or sends no batch is one line
+(``WorkerError``), and image batches cross from the workers in shared-memory blocks the workers reuse.
 
 The DataLoader's collate puts each batch in a fresh shared-memory block: a worker then takes a page fault (the
 kernel zeroes the page) for every 4 kB of it, and the main process unmaps and frees it when the batch is dropped:
@@ -16,14 +17,19 @@ and reuses one once the main process has let go of the batch in it:
 
 Only the main process's unpickled copy of a ``SlotBatch`` ever frees a slot, and only after every read of it is
 done (the lock orders the writes). A worker never writes into a slot the main process may still read."""
+import functools
 import multiprocessing
 import uuid
 import weakref
+from collections.abc import Iterator
 from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
+
+from src.data.image_files import collate_images
+from src.run.errors import UserError
 
 _POOLS: "weakref.WeakValueDictionary[str, SharedBatches]" = weakref.WeakValueDictionary()  # main process: by token
 
@@ -133,3 +139,52 @@ class SlotBatch:
                 self.pool.release(self.worker, self.slot)
             except Exception:
                 pass
+
+
+class WorkerError(UserError):
+    """A DataLoader worker died or sent no batch: one line, instead of a traceback or a wait without end."""
+
+
+class _OneLineErrors:
+    """A DataLoader iterator whose worker failures (death, a batch never sent) are ``WorkerError``."""
+
+    def __init__(self, iterator: Iterator, timeout: float) -> None:
+        self.iterator, self.timeout = iterator, timeout
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+    def __getattr__(self, name: str):
+        return getattr(self.iterator, name)
+
+    def __next__(self):
+        try:
+            batch = next(self.iterator)
+        except RuntimeError as e:
+            message = " ".join(str(e).split())
+            if "timed out" in message:
+                raise WorkerError(f"no batch came from the DataLoader workers in {self.timeout:g} s: a worker is "
+                                  f"stuck or could not send its batch (its error, if any, is above)") from None
+            if "exited unexpectedly" in message or "is killed by signal" in message:
+                raise WorkerError(f"a DataLoader worker died: {message.split('. ')[0]}") from None
+            raise
+        if isinstance(batch, list) and batch and isinstance(batch[0], SlotBatch):  # not taken by a pin thread
+            batch[0] = batch[0].tensor()
+        return batch
+
+
+class WorkerLoader(DataLoader):
+    """DataLoader with ``_OneLineErrors`` iterators; with workers, image batches (``collate_images``) cross in
+    shared-memory blocks the workers reuse (``SharedBatches``: one set for each set of workers started)."""
+
+    def __iter__(self):
+        collate = getattr(self.collate_fn, "func", self.collate_fn)
+        if self.num_workers and collate is collate_images and (self._iterator is None or not self.persistent_workers):
+            # Slots per worker: the batches in flight (prefetch_factor), then those taken and not yet dropped.
+            self._shared = SharedBatches(self.num_workers, 2 * self.prefetch_factor + 2, self.multiprocessing_context)
+            self.collate_fn = functools.partial(collate_images, shared=self._shared)
+        iterator = super().__iter__()
+        return _OneLineErrors(iterator, self.timeout) if self.num_workers else iterator

@@ -1,11 +1,11 @@
-"""Image batches in shared-memory blocks the workers reuse (src/data/shared_batches.py): the same values as the
+"""Image batches in shared-memory blocks the workers reuse (src/data/worker_loader.py): the same values as the
 DataLoader's own collate, blocks reused, a batch still held never overwritten, slots freed by batches never taken."""
 import torch
 from torch.utils.data import Dataset
 
 from src.data.image_files import collate_images
-from src.data.shared_batches import SharedBatches, SlotBatch
-from src.data.streaming import WorkerLoader
+from src.data.worker_loader import SharedBatches, SlotBatch
+from src.data.worker_loader import WorkerLoader
 
 
 class Images(Dataset):
