@@ -83,23 +83,27 @@ class SharedBatches:
         return None
 
     def release(self, worker: int, slot: int) -> None:
-        with self.busy.get_lock():
-            self.busy.get_obj()[worker * self.slots + slot] = 0
+        _release(self.busy, worker * self.slots + slot)
+
+
+def _release(busy, index: int) -> None:
+    try:
+        with busy.get_lock():
+            busy.get_obj()[index] = 0
+    except Exception:  # interpreter shutdown: the workers are gone too
+        pass
 
 
 class _Lease:
     """The memory of a tensor over a slot (numpy's array interface): freed with the tensor's last view, it frees
-    the slot."""
+    the slot. It holds the flags, not the ``SharedBatches``: a batch kept keeps its own block alone."""
 
-    def __init__(self, pool: SharedBatches, worker: int, slot: int, array: np.ndarray) -> None:
-        self.pool, self.worker, self.slot, self.array = pool, worker, slot, array
+    def __init__(self, busy, index: int, array: np.ndarray) -> None:
+        self.busy, self.index, self.array = busy, index, array
         self.__array_interface__ = array.__array_interface__
 
     def __del__(self) -> None:
-        try:
-            self.pool.release(self.worker, self.slot)
-        except Exception:  # interpreter shutdown: the workers are gone too
-            pass
+        _release(self.busy, self.index)
 
 
 class SlotBatch:
@@ -107,38 +111,36 @@ class SlotBatch:
 
     def __init__(self, token: str, worker: int, slot: int, shape: tuple, block: Optional[torch.UntypedStorage]):
         self.token, self.worker, self.slot, self.shape, self.block = token, worker, slot, shape, block
-        self.pool: Optional[SharedBatches] = None  # set where the batch is received: that copy frees the slot
+        self.busy, self.index = None, -1  # set where the batch is received: that copy frees the slot
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "pool"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("busy", "index")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, pool=_POOLS.get(state["token"]))
-        if self.pool is None:
+        self.__dict__.update(state)
+        pool = _POOLS.get(self.token)
+        if pool is None:
             raise RuntimeError("a batch in shared memory came from workers whose DataLoader iterator is gone")
         key = (self.worker, self.slot)
         if self.block is not None:
-            self.pool._mapped[key] = self.block
-        self.block = self.pool._mapped[key]
+            pool._mapped[key] = self.block
+        self.block, self.busy, self.index = pool._mapped[key], pool.busy, self.worker * pool.slots + self.slot
 
     def tensor(self) -> torch.Tensor:
         """The batch, uint8 (N, C, H, W) as a view of the slot's (N, H, W, C) block (channels-last); the slot is free
         again once it and its views are gone."""
-        pool, self.pool = self.pool, None
-        if pool is None:
-            raise RuntimeError("this batch was already taken")
+        busy, self.busy = self.busy, None
+        if busy is None:
+            raise RuntimeError("this batch was already taken, or was not received here")
         array = torch.empty(0, dtype=torch.uint8).set_(self.block, 0, self.shape).numpy()
-        return torch.from_numpy(np.asarray(_Lease(pool, self.worker, self.slot, array))).permute(0, 3, 1, 2)
+        return torch.from_numpy(np.asarray(_Lease(busy, self.index, array))).permute(0, 3, 1, 2)
 
     def pin_memory(self, device=None) -> torch.Tensor:  # the DataLoader's pin thread: copied out, the slot freed
         return self.tensor().pin_memory()
 
     def __del__(self) -> None:  # received and never taken
-        if getattr(self, "pool", None) is not None:
-            try:
-                self.pool.release(self.worker, self.slot)
-            except Exception:
-                pass
+        if getattr(self, "busy", None) is not None:
+            _release(self.busy, self.index)
 
 
 class WorkerError(UserError):

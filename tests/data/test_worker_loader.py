@@ -72,3 +72,20 @@ def test_outside_a_worker_the_collate_is_the_plain_one():
     batch = [Images()[i] for i in range(4)]
     images, _, label = collate_images(batch, shared=pool)
     assert not isinstance(images, SlotBatch) and torch.equal(images, expected(label))
+
+
+def test_a_batch_kept_after_its_loader_keeps_its_block_alone():
+    """The batch's memory holds the slot's flags, not the loader's blocks: when the loader and its workers are
+    gone, a batch still held keeps its values and nothing else stays mapped."""
+    import gc
+
+    from src.data import worker_loader
+    epochs = loader()
+    batches = iter(epochs)
+    images, _, label = next(batches)
+    token = epochs._shared.token
+    for _ in batches:
+        pass
+    del batches, epochs
+    gc.collect()
+    assert token not in worker_loader._POOLS and torch.equal(images, expected(label))
