@@ -8,8 +8,8 @@ kernel zeroes the page) for every 4 kB of it, and the main process unmaps and fr
 and reuses one once the main process has let go of the batch in it:
 
 - the worker claims a free slot (a flag in a small shared array, under its lock), stacks the images into it and
-  sends a ``SlotBatch``: the slot's number, the batch's shape, and the block itself only the first time;
-- in the main process the ``SlotBatch`` becomes a tensor over the block (``WorkerLoader``'s iterator, or the pin
+  sends a ``SlotBatch``: the slot's number, the batch's shape, the labels, and the block itself only the first time;
+- in the main process the ``SlotBatch`` becomes the batch, its images a tensor over the block (``WorkerLoader``'s iterator, or the pin
   thread's ``pin_memory``) whose memory holds a ``_Lease``: when the last tensor or view of the batch is freed
   (moved to the GPU, normalised, dropped), the lease frees the slot. A batch that is never taken (an epoch cut short)
   frees it when its ``SlotBatch`` is dropped. A batch kept for ever keeps its slot: with no free slot the worker
@@ -49,15 +49,22 @@ class SharedBatches:
     def __getstate__(self) -> dict:  # to a spawned worker: the flags, not this process's blocks
         return {**self.__dict__, "_blocks": {}, "_sent": set(), "_mapped": {}}
 
-    def stack(self, images: list[torch.Tensor]):
+    def stack(self, images: list[torch.Tensor], columns: list[tuple]):
         """In a worker: the uint8 ``images`` (C, H, W), channels-last in memory, stacked as (N, H, W, C) into a free
-        slot, as a ``SlotBatch``; None if this is not a worker of these batches, the images differ in shape or type,
-        or every slot is taken."""
+        slot, and the other ``columns`` (tuples of tensors: the labels) stacked as numpy arrays, which cross the pipe
+        by value (as tensors each would be a shared-memory block of its own, its handle fetched by the main process):
+        a ``SlotBatch``. None if this is not a worker of these batches, the images differ in shape or type, a column
+        holds something else than tensors, or every slot is taken."""
         info = get_worker_info()
         images = [image.permute(1, 2, 0) for image in images]
         first = images[0]
         if (info is None or info.id >= self.workers or first.dtype != torch.uint8 or
-                any(image.shape != first.shape or image.dtype != first.dtype for image in images)):
+                any(image.shape != first.shape or image.dtype != first.dtype for image in images) or
+                not all(isinstance(value, torch.Tensor) for column in columns for value in column)):
+            return None
+        try:
+            arrays = [torch.stack(column).numpy() for column in columns]
+        except (TypeError, RuntimeError):  # a type numpy lacks (bfloat16), or shapes that differ
             return None
         slot = self._claim(info.id)
         if slot is None:
@@ -71,7 +78,7 @@ class SharedBatches:
         torch.stack(images, out=torch.empty(0, dtype=torch.uint8).set_(block, 0, shape))
         send = slot not in self._sent
         self._sent.add(slot)
-        return SlotBatch(self.token, info.id, slot, shape, block if send else None)
+        return SlotBatch(self.token, info.id, slot, shape, block if send else None, arrays)
 
     def _claim(self, worker: int) -> Optional[int]:
         with self.busy.get_lock():
@@ -107,10 +114,13 @@ class _Lease:
 
 
 class SlotBatch:
-    """A worker's batch in its slot ``slot``, as it crosses the queue; ``tensor()`` in the main process."""
+    """A worker's batch, its images in its slot ``slot``, as it crosses the queue; ``batch()`` in the main
+    process."""
 
-    def __init__(self, token: str, worker: int, slot: int, shape: tuple, block: Optional[torch.UntypedStorage]):
+    def __init__(self, token: str, worker: int, slot: int, shape: tuple, block: Optional[torch.UntypedStorage],
+                 columns: list[np.ndarray]) -> None:
         self.token, self.worker, self.slot, self.shape, self.block = token, worker, slot, shape, block
+        self.columns = columns
         self.busy, self.index = None, -1  # set where the batch is received: that copy frees the slot
 
     def __getstate__(self) -> dict:
@@ -126,17 +136,18 @@ class SlotBatch:
             pool._mapped[key] = self.block
         self.block, self.busy, self.index = pool._mapped[key], pool.busy, self.worker * pool.slots + self.slot
 
-    def tensor(self) -> torch.Tensor:
-        """The batch, uint8 (N, C, H, W) as a view of the slot's (N, H, W, C) block (channels-last); the slot is free
-        again once it and its views are gone."""
+    def batch(self) -> list[torch.Tensor]:
+        """[images, *columns]: the images uint8 (N, C, H, W) as a view of the slot's (N, H, W, C) block
+        (channels-last; the slot is free again once it and its views are gone), the columns as tensors."""
         busy, self.busy = self.busy, None
         if busy is None:
             raise RuntimeError("this batch was already taken, or was not received here")
         array = torch.empty(0, dtype=torch.uint8).set_(self.block, 0, self.shape).numpy()
-        return torch.from_numpy(np.asarray(_Lease(busy, self.index, array))).permute(0, 3, 1, 2)
+        images = torch.from_numpy(np.asarray(_Lease(busy, self.index, array))).permute(0, 3, 1, 2)
+        return [images, *(torch.from_numpy(column) for column in self.columns)]
 
-    def pin_memory(self, device=None) -> torch.Tensor:  # the DataLoader's pin thread: copied out, the slot freed
-        return self.tensor().pin_memory()
+    def pin_memory(self, device=None) -> list[torch.Tensor]:  # the DataLoader's pin thread: copied, the slot freed
+        return [tensor.pin_memory() for tensor in self.batch()]
 
     def __del__(self) -> None:  # received and never taken
         if getattr(self, "busy", None) is not None:
@@ -173,9 +184,7 @@ class _OneLineErrors:
             if "exited unexpectedly" in message or "is killed by signal" in message:
                 raise WorkerError(f"a DataLoader worker died: {message.split('. ')[0]}") from None
             raise
-        if isinstance(batch, list) and batch and isinstance(batch[0], SlotBatch):  # not taken by a pin thread
-            batch[0] = batch[0].tensor()
-        return batch
+        return batch.batch() if isinstance(batch, SlotBatch) else batch  # (a pin thread has taken it already)
 
 
 class WorkerLoader(DataLoader):
