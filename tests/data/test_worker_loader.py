@@ -89,3 +89,25 @@ def test_a_batch_kept_after_its_loader_keeps_its_block_alone():
     del batches, epochs
     gc.collect()
     assert token not in worker_loader._POOLS and torch.equal(images, expected(label))
+
+
+def test_the_pin_thread_copies_the_batch_out_and_frees_its_slot(monkeypatch):
+    """On a GPU the DataLoader's pin thread calls ``pin_memory()`` on what a worker sent: the batch is copied into
+    pinned memory and its slot is free at once (pinning needs CUDA: a copy stands in for it here)."""
+    import io
+    from multiprocessing.reduction import ForkingPickler
+
+    from src.data import worker_loader
+    pool = SharedBatches(workers=1, slots=2)
+    monkeypatch.setattr(worker_loader, "get_worker_info", lambda: type("Info", (), {"id": 0}))
+    items = [Images()[i] for i in range(5)]
+    sent = collate_images(items, shared=pool)
+    assert isinstance(sent, SlotBatch) and list(pool.busy.get_obj()) == [1, 0]
+    buffer = io.BytesIO()
+    ForkingPickler(buffer).dump(sent)  # as the worker's queue sends it; received below as the main process does
+    received = ForkingPickler.loads(buffer.getvalue())
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, device=None: self.clone())
+    images, superclass, label = received.pin_memory()
+    assert list(pool.busy.get_obj()) == [0, 0]
+    assert torch.equal(images, expected(label)) and torch.equal(label, torch.arange(5))
+    assert torch.equal(superclass, torch.arange(5) % 3) and label.dtype == torch.int64
