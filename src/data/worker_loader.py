@@ -9,9 +9,9 @@ and reuses one once the main process has let go of the batch in it:
 
 - the worker claims a free slot (a flag in a small shared array, under its lock), stacks the images into it and
   sends a ``SlotBatch``: the slot's number, the batch's shape, the labels, and the block itself only the first time;
-- in the main process the ``SlotBatch`` becomes the batch, its images a tensor over the block (``WorkerLoader``'s iterator, or the pin
-  thread's ``pin_memory``) whose memory holds a ``_Lease``: when the last tensor or view of the batch is freed
-  (moved to the GPU, normalised, dropped), the lease frees the slot. A batch that is never taken (an epoch cut short)
+- in the main process the ``SlotBatch`` becomes the batch (``WorkerLoader``'s iterator, or the pin thread's
+  ``pin_memory``), its images a tensor over the block whose memory holds a ``_Lease``: when the last tensor or view
+  of the batch is freed (moved to the GPU, normalised, dropped), the lease frees the slot. A batch that is never taken (an epoch cut short)
   frees it when its ``SlotBatch`` is dropped. A batch kept for ever keeps its slot: with no free slot the worker
   makes a fresh block, as the DataLoader does.
 
@@ -59,12 +59,11 @@ class SharedBatches:
         images = [image.permute(1, 2, 0) for image in images]
         first = images[0]
         if (info is None or info.id >= self.workers or first.dtype != torch.uint8 or
-                any(image.shape != first.shape or image.dtype != first.dtype for image in images) or
-                not all(isinstance(value, torch.Tensor) for column in columns for value in column)):
+                any(image.shape != first.shape or image.dtype != first.dtype for image in images)):
             return None
         try:
             arrays = [torch.stack(column).numpy() for column in columns]
-        except (TypeError, RuntimeError):  # a type numpy lacks (bfloat16), or shapes that differ
+        except (TypeError, RuntimeError):  # not tensors, a type numpy lacks (bfloat16), or shapes that differ
             return None
         slot = self._claim(info.id)
         if slot is None:
@@ -88,9 +87,6 @@ class SharedBatches:
                     flags[worker * self.slots + slot] = 1
                     return slot
         return None
-
-    def release(self, worker: int, slot: int) -> None:
-        _release(self.busy, worker * self.slots + slot)
 
 
 def _release(busy, index: int) -> None:

@@ -72,7 +72,6 @@ def make_pruner(name: Optional[str], epochs: int) -> optuna.pruners.BasePruner:
 def open_study(study_dir: Path, arm: str, tune: DictConfig, epochs: int) -> optuna.Study:
     """The arm's study (created on first use) with the sampler and pruner of ``tune``. Its budget is stored with
     it: a later command with another ``tune.n_trials`` or ``trainer.max_epochs`` is refused."""
-    storage_path(study_dir, tune.storage).parent.mkdir(parents=True, exist_ok=True)
     # Under the study lock: workers started together (SLURM jobs, tune.n_jobs) would otherwise create the storage's
     # tables at the same moment, and all but one fail (sqlite3.IntegrityError on alembic_version).
     with study_lock(study_dir):
@@ -99,6 +98,7 @@ def _exists(store: optuna.storages.BaseStorage, name: str) -> bool:
 
 @contextlib.contextmanager
 def study_lock(study_dir: Path) -> Iterator[None]:
+    Path(study_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(study_dir) / "study.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
