@@ -35,15 +35,18 @@ def test_a_study_killed_twice_ends_with_every_trial_once_and_confirms(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     over = {}
     # Kill once some trial of the first half has started, once some of the second half (12 in all), a random
-    # 0-3 s into it: moments that always fall inside the study, on a fast machine or a slow one.
-    for at in (rng.randint(1, 5), rng.randint(7, 11)):
+    # 0-3 s into it but before two more trials have started: moments that always fall inside the study, on a fast
+    # machine or a slow one (an idle machine trains a trial in about a second: a fixed 0-3 s could outlast the study).
+    for at in (rng.randint(1, 5), rng.randint(7, 9)):
         with open(tmp_path / "tuner.log", "a") as log:
             tuner = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + 600
         while len(list(tmp_path.glob("*/trial_*"))) < at and tuner.poll() is None and time.time() < deadline:
             time.sleep(0.2)
-        time.sleep(rng.uniform(0, 3))
+        delay_end = time.time() + rng.uniform(0, 3)
+        while time.time() < delay_end and len(list(tmp_path.glob("*/trial_*"))) < at + 2 and tuner.poll() is None:
+            time.sleep(0.05)
         assert tuner.poll() is None, f"the study ended before the kill at trial {at} (random seed {seed})"
         over = done_trials(tmp_path)
         os.killpg(tuner.pid, signal.SIGKILL)
@@ -69,7 +72,9 @@ def test_a_study_killed_twice_ends_with_every_trial_once_and_confirms(tmp_path):
     confirm = subprocess.run([*command[:3], *command[4:], "tune.confirm=true"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=900)
     assert confirm.returncode == 0, confirm.stderr[-3000:]
-    table = (tmp_path / "confirm" / "table.md").read_text().splitlines()
+    lines = (tmp_path / "confirm" / "table.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))  # the first table, under its heading
+    table = lines[start:]
     assert table[0].endswith(" tuned |")
     rows = {line.split(" | ")[2]: line for line in table[2:4]}
     assert set(rows) == {"baseline", "case1"}
